@@ -1,0 +1,127 @@
+"""MEMIT: least-squares updates spread over several MLP output projections (algorithms.md §0.4).
+
+    Z   = optimised block outputs of the last edited layer (values.py, site "block"), [d, b]
+    for i, l in enumerate(layers):              (increasing)
+        K_i = template-averaged keys at l on the partially updated model   [d_in, b]
+        R_i = (Z − H_i) / (|L| − i),  H_i = block output of the last layer on the bare prompts
+        Δ_i = R_i K_iᵀ (λ C_l + K_i K_iᵀ)⁻¹       (float64 Cholesky; λ = mom2_update_weight)
+
+Returned per layer as LayerDelta(u = R_i [d_out,b], v = (λC + KKᵀ)⁻¹K [d_in,b]): ΔW = u vᵀ;
+`Delta.keys[weight name]` = K_i [d_in, b] (float32, columns are keys).
+
+"Partially updated" without mutating the model: the deltas of earlier layers are added to their
+mlp_out outputs by forward hooks (`keys.added_deltas`), which is (W + u vᵀ)k computed as
+Wk + u(vᵀk). Hooks cannot leave the weights changed if anything raises, work for any storage
+layout, and avoid writing d_out×d_in matrices twice per layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import keys as _keys
+from . import values as _values
+from .base import Delta, EditContext, LayerDelta, StatelessEditor
+from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
+
+
+@dataclass(frozen=True)
+class MemitConfig(ValueConfig):
+    layers: tuple[int, ...] = (0,)
+    mom2_update_weight: float = 15000.0
+
+    def _problems(self, spec):
+        yield from super()._problems(spec)
+        yield from check_layers(list(self.layers), spec)
+        if self.layers and all(isinstance(x, int) for x in self.layers) and max(self.layers) > self.loss_layer(spec):
+            yield f"layers {list(self.layers)} reach above v_loss_layer {self.loss_layer(spec)}"
+        if not self.mom2_update_weight >= 0:
+            yield f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}"
+
+    @classmethod
+    def for_model(cls, spec, **overrides):
+        defaults = dict(layers=tuple(spec.default_edit_layers()), v_loss_layer=spec.num_layers - 1,
+                        clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec))
+        if "layers" in overrides:
+            overrides = {**overrides, "layers": tuple(overrides["layers"])}
+        return cls._build(spec, defaults, overrides)
+
+
+def layer_loop(model, requests, ctx: EditContext, cfg, solve):
+    """The MEMIT skeleton shared with AlphaEdit.
+
+    `solve(layer, K, R)` gets float64 keys [d_in, b] and the spread residual [d_out, b] and
+    returns V [d_in, b] with Δ = R Vᵀ. Returns (LayerDeltas, keys per weight name, value result).
+    """
+    spec, tok = ctx.spec, ctx.tokenizer
+    layers = sorted(cfg.layers)
+    z_layer = layers[-1]
+    templates = _keys.context_templates(model, tok, ctx, starts=cfg.context_template_starts,
+                                        length=cfg.context_template_length)
+    res = _values.target_values(model, spec, tok, requests, templates, layer=z_layer, site="block", cfg=cfg)
+    z = res.v_star.double()  # [b, d]
+    factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    deltas, used_keys = [], {}
+    for i, layer in enumerate(layers):
+        with _keys.added_deltas(model, spec, factors):
+            found = _keys.compute_keys(model, spec, tok, requests, templates, [layer], blocks=[z_layer])
+        k = found[layer].double().T  # [d_in, b]
+        r = (z - found[("bare_block", z_layer)].double()).T / (len(layers) - i)  # [d, b]
+        v = solve(layer, k, r)
+        u32, v32 = r.float(), v.float()
+        factors[layer] = (u32, v32)
+        name = spec.mlp_out_weight_name(layer)
+        deltas.append(LayerDelta(name, u32.cpu(), v32.cpu(), bool(spec.mlp_out_transposed)))
+        used_keys[name] = k.float().cpu()
+    return deltas, used_keys, res
+
+
+def value_info(res, layers) -> dict:
+    return {
+        "layers": list(layers),
+        "steps": res.steps,
+        "p_first": res.p_first,
+        "p_last": res.p_last,
+        "loss": res.loss,
+        "delta_norm": [float(x) for x in res.delta.norm(dim=1)],
+        "v_init_norm": [float(x) for x in res.v_init.norm(dim=1)],
+    }
+
+
+def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
+    """a⁻¹b for symmetric positive definite `a` (float64); non-finite input gives a NaN result
+    (which Delta.is_finite reports) instead of an exception deep inside LAPACK."""
+    if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return torch.full_like(b, float("nan"))
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:
+        raise ValueError(
+            f"{what} is not positive definite (Cholesky failed at column {int(info)}): the key "
+            "statistics C are rank-deficient or not PSD; raise mom2_update_weight or collect C "
+            "over more tokens"
+        )
+    return torch.cholesky_solve(b, chol)
+
+
+class MemitEditor(StatelessEditor):
+    name = "memit"
+
+    def __init__(self, config: MemitConfig):
+        self.config = config
+
+    def compute(self, model, requests, ctx: EditContext) -> Delta:
+        cfg = self.config
+        cfg.check(ctx.spec)
+        if not requests:
+            raise ValueError("no requests to edit")
+
+        def solve(layer, k, r):
+            c = ctx.require_second_moment(layer).to(k.device, torch.float64)
+            a = cfg.mom2_update_weight * c + k @ k.T
+            return cholesky_solve(a, k, f"λ·C + KKᵀ at layer {layer}")
+
+        deltas, keys, res = layer_loop(model, requests, ctx, cfg, solve)
+        info = value_info(res, sorted(cfg.layers)) | {"mom2_update_weight": cfg.mom2_update_weight}
+        # MEMIT needs no state, but its keys are what history-keeping guards (D4S) accumulate.
+        return Delta(self.name, deltas, keys, info)

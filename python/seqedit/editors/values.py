@@ -1,0 +1,329 @@
+"""Target-value optimisation ("compute_z"/"compute_v", algorithms.md §0.2).
+
+For each request a vector δ is added to one hidden state (ROME: output of mlp_out at its layer;
+MEMIT/AlphaEdit: block output of the last edited layer) at the subject's last token of every
+rewriting prompt (context template + prompt + target tokens but the last). Per request,
+
+    loss = mean over prompts of (−Σ log p(target tokens) / #target tokens)
+         + kl_factor · KL(p_δ ‖ p_0) at the subject's last token of `kl_prompt`
+         + v_weight_decay · ‖δ‖ / ‖v_init‖²      (unsquared over squared: upstream quirk, kept)
+
+minimised with Adam(v_lr) for at most v_num_grad_steps forwards; a request stops when its loss
+< early_stop_loss (or, optionally, once its target is the argmax everywhere); after every update
+‖δ‖ is clamped to clamp_norm_factor · ‖v_init‖. The KL term is torch's
+`kl_div(init, cur, log_target=True)`, i.e. KL(current ‖ initial) — what upstream computes, even
+though its docs call it the other way round. v* = v_init + δ.
+
+Two implementations compute the same thing:
+
+* `reference_target_values`: one request at a time, a full model forward per step with a hook
+  adding δ, logits over the whole batch — what upstream does; the benchmark baseline.
+* the fast path: all requests (each with its own δ) in one padded batch. One initial forward
+  caches the full hidden-state tensor entering the first layer above the injection point and
+  the arguments each upper layer was called with (mask, rotary tables); every step replays only
+  the layers from the injection point to v_loss_layer. Nothing below changes with δ, and the
+  upper layers still attend over every position. Logits are computed only on the scored rows
+  (final norm + LM head on [#targets + #requests, d] instead of [N·T, d]).
+
+Adam is elementwise, so one optimiser over the [b, d] stack updates each row exactly as a
+separate optimiser would; a request that has stopped has its row restored after each update.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _text
+from ._replay import SuffixReplay
+from .keys import _Stop, flat, model_device
+
+
+@dataclass
+class ValueResult:
+    v_star: torch.Tensor  # [b, d] float32
+    v_init: torch.Tensor  # [b, d] float32
+    delta: torch.Tensor  # [b, d] float32
+    steps: list[int]  # optimiser updates applied per request
+    p_first: list[float]  # mean target probability at the first forward
+    p_last: list[float]  # ... at the last forward
+    loss: list[float]
+    trajectory: list[list[torch.Tensor]] = field(default_factory=list)  # per request, δ after each update
+    mode: str = "reference"  # how the steps ran: "suffix", "full" (fast paths) or "reference"
+
+
+@dataclass
+class _Problem:
+    batch: _text.Batch
+    req_of_row: torch.Tensor  # [N]
+    first_row: torch.Tensor  # [b] the bare rewriting prompt of each request (v_init is read there)
+    kl_row: torch.Tensor  # [b]
+    tgt_row: torch.Tensor  # [M]
+    tgt_pos: torch.Tensor
+    tgt_tok: torch.Tensor
+    tgt_req: torch.Tensor
+    tgt_w: torch.Tensor  # 1 / (#tokens · #prompts): per-prompt mean, then mean over prompts
+    tgt_row_w: torch.Tensor  # 1 / #tokens
+    n_req: int
+    n_rows: int
+
+
+def _problem(tokenizer, requests, templates, kl_prompt: str, device) -> _Problem:
+    rows: list[_text.Row] = []
+    req_of_row, first_row, kl_row = [], [], []
+    tgt = {"row": [], "pos": [], "tok": [], "req": [], "w": [], "rw": []}
+    temps = flat(templates)
+    for ri, r in enumerate(requests):
+        t_ids = _text.target_ids(tokenizer, r.target_new)
+        texts = [_text.fill(t, r.prompt, r.subject) for t in temps]
+        first_row.append(len(rows))
+        for row in _text.encode_rows(tokenizer, texts, [t_ids] * len(texts)):
+            for pos, tok in row.targets:
+                tgt["row"].append(len(rows))
+                tgt["pos"].append(pos)
+                tgt["tok"].append(tok)
+                tgt["req"].append(ri)
+                tgt["w"].append(1.0 / (len(t_ids) * len(temps)))
+                tgt["rw"].append(1.0 / len(t_ids))
+            rows.append(row)
+            req_of_row.append(ri)
+        kl_row.append(len(rows))
+        rows.extend(_text.encode_rows(tokenizer, [_text.fill(kl_prompt, "{}", r.subject)]))
+        req_of_row.append(ri)
+    batch = _text.pad(rows, _text.pad_id(tokenizer), device)
+
+    def t(x, dtype=torch.long):
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    return _Problem(
+        batch, t(req_of_row), t(first_row), t(kl_row), t(tgt["row"]), t(tgt["pos"]), t(tgt["tok"]),
+        t(tgt["req"]), t(tgt["w"], torch.float32), t(tgt["rw"], torch.float32), len(requests), len(rows),
+    )
+
+
+def logits_at(model, spec, h: torch.Tensor) -> torch.Tensor:
+    """LM logits (float32) for hidden states [..., d] taken before the final norm."""
+    logits = spec.lm_head(model)(spec.final_norm(model)(h)).float()
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:  # Gemma-style soft cap, applied by the model's own forward too
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _site(model, spec, layer: int, site: str) -> torch.nn.Module:
+    if site == "block":
+        return spec.layer(model, layer)
+    if site == "mlp_out":
+        return spec.mlp_out(model, layer)
+    raise ValueError(f"site must be 'block' or 'mlp_out', got {site!r}")
+
+
+def _out(o):
+    return o[0] if isinstance(o, tuple) else o
+
+
+def _optimise(forward, p: _Problem, width: int, device, cfg, trace: bool) -> ValueResult:
+    """The shared Adam loop; `forward(δ)` → (target log-probs [M,V], KL log-probs [b,V], v_base [b,d]).
+
+    `v_base` is the hidden state at the injection point without δ; like upstream, v_init and the
+    KL reference are read from the first forward (δ = 0 then).
+    """
+    b = p.n_req
+    delta = torch.zeros(b, width, device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=cfg.v_lr)
+    active = torch.ones(b, dtype=torch.bool)
+    steps, p_first, p_last, last_loss = [0] * b, [0.0] * b, [0.0] * b, [0.0] * b
+    trajectory: list[list[torch.Tensor]] = [[] for _ in range(b)]
+    kl_init = v_init = None
+    rew = torch.zeros(p.n_rows, dtype=torch.bool, device=device)
+    rew[p.tgt_row] = True
+    n_prompts = torch.bincount(p.req_of_row[rew], minlength=b).clamp(min=1)
+    for it in range(cfg.v_num_grad_steps):
+        lp_t, lp_kl, v_base = forward(delta)
+        if kl_init is None:
+            kl_init, v_init = lp_kl.detach(), v_base.detach().float()
+        tok_lp = lp_t.gather(1, p.tgt_tok[:, None])[:, 0]
+        nll = torch.zeros(b, device=device).index_add(0, p.tgt_req, -tok_lp * p.tgt_w)
+        kl = cfg.kl_factor * (lp_kl.exp() * (lp_kl - kl_init)).sum(-1)
+        wd = cfg.v_weight_decay * delta.norm(dim=1) / v_init.norm(dim=1) ** 2
+        loss_t = nll + kl + wd
+        with torch.no_grad():
+            row_nll = torch.zeros(p.n_rows, device=device).index_add(0, p.tgt_row, -tok_lp * p.tgt_row_w)
+            prob = torch.zeros(b, device=device).index_add(0, p.req_of_row[rew], torch.exp(-row_nll[rew]))
+            prob = (prob / n_prompts).cpu()
+            wrong = (lp_t.argmax(-1) != p.tgt_tok).float()
+            argmax_ok = torch.zeros(b, device=device).index_add(0, p.tgt_req, wrong).cpu() == 0
+            loss = loss_t.detach().cpu()
+        stop = (loss < cfg.early_stop_loss) | (it == cfg.v_num_grad_steps - 1)
+        if cfg.early_stop_on_argmax:
+            stop |= argmax_ok
+        stop &= active
+        for i in range(b):
+            if it == 0:
+                p_first[i] = float(prob[i])
+            if active[i]:
+                p_last[i], last_loss[i] = float(prob[i]), float(loss[i])
+                if stop[i]:
+                    steps[i] = it
+        active &= ~stop
+        if not active.any():
+            break
+        opt.zero_grad(set_to_none=True)
+        (loss_t * active.to(device)).sum().backward(inputs=[delta])
+        with torch.no_grad():
+            keep = delta.detach().clone()
+            opt.step()
+            done = ~active.to(device)
+            delta[done] = keep[done]
+            max_norm = cfg.clamp_norm_factor * v_init.norm(dim=1)
+            norm = delta.norm(dim=1)
+            delta.mul_(torch.where(norm > max_norm, max_norm / norm, torch.ones_like(norm))[:, None])
+        if trace:
+            for i in range(b):
+                if active[i]:
+                    trajectory[i].append(delta[i].detach().cpu().clone())
+    d = delta.detach()
+    return ValueResult(v_init + d, v_init, d, steps, p_first, p_last, last_loss, trajectory)
+
+
+def target_values(model, spec, tokenizer, requests, templates, *, layer: int, site: str, cfg, trace=False):
+    """v* for every request; the fast path unless `cfg.fast` is False."""
+    fn = _fast_target_values if cfg.fast else reference_target_values
+    return fn(model, spec, tokenizer, requests, templates, layer=layer, site=site, cfg=cfg, trace=trace)
+
+
+def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, site, cfg, trace=False,
+                        suffix=True):
+    loss_layer = cfg.loss_layer(spec)
+    if layer > loss_layer:
+        raise ValueError(f"v_loss_layer {loss_layer} is below the injection layer {layer}")
+    _site(model, spec, layer, site)
+    p = _problem(tokenizer, requests, templates, cfg.kl_prompt, model_device(model))
+    lookup = p.batch.lookup
+    start = layer + 1 if site == "block" else layer
+    calls, cache, kv = _initial_forward(model, spec, p, layer, site, start, loss_layer)
+    modules = [(i, spec.layer(model, i)) for i in range(start, loss_layer + 1)]
+    replay = None
+    if suffix and kv is not None:
+        lengths = p.batch.attention_mask.sum(1)
+        replay = SuffixReplay.build(model, modules, calls, kv, lookup, lengths, p.batch.input_ids.shape[1])
+    v_base = cache["site"][p.first_row, lookup[p.first_row]].float()
+    score_rows = torch.cat([p.tgt_row, p.kl_row])
+    score_pos = torch.cat([p.tgt_pos, lookup[p.kl_row]])
+    if replay is not None:  # positions become slots counted from each row's lookup
+        score_pos = score_pos - lookup[score_rows]
+        lookup = torch.zeros_like(lookup)
+    rows = torch.arange(p.n_rows, device=lookup.device)
+    base = cache["site"] if site == "block" else cache["input"]
+    if replay is not None:
+        base = replay.gather(base)
+
+    def forward(delta):
+        add = delta[p.req_of_row]
+        with ExitStack() as stack:
+            if site == "block":
+                h = base.index_put((rows, lookup), add.to(base.dtype), accumulate=True)
+            else:
+                h = base
+
+                def inject(module, args, out):
+                    return out.index_put((rows, lookup), add.to(out.dtype), accumulate=True)
+
+                stack.callback(spec.mlp_out(model, layer).register_forward_hook(inject).remove)
+            if replay is not None:
+                h = replay.run(h)
+            else:
+                for i, module in modules:
+                    args, kwargs = calls[i]
+                    h = _out(module(h, *args, **kwargs))
+        lp = torch.log_softmax(logits_at(model, spec, h[score_rows, score_pos]), -1)
+        return lp[: len(p.tgt_row)], lp[len(p.tgt_row):], v_base
+
+    res = _optimise(forward, p, spec.hidden_size, model_device(model), cfg, trace)
+    res.mode = "full" if replay is None else "suffix"
+    return res
+
+
+@torch.no_grad()
+def _initial_forward(model, spec, p: _Problem, layer, site, start, loss_layer):
+    """One forward that records what the replays need: the arguments each upper layer got, the
+    hidden states at the injection point, and (through a real KV cache) every layer's keys/values."""
+    calls: dict[int, tuple] = {}
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep_call(i):
+        def hook(module, args, kwargs):
+            if i == start:
+                cache["input"] = args[0]
+            calls[i] = (args[1:], kwargs)
+        return hook
+
+    def keep_site(module, args, out):
+        cache["site"] = _out(out)
+        if start > loss_layer:
+            raise _Stop
+
+    def stop(module, args, out):
+        raise _Stop
+
+    try:
+        from transformers import DynamicCache
+
+        kv = DynamicCache(config=model.config)
+    except Exception:  # a model without a transformers config: replay full rows
+        kv = None
+    with ExitStack() as stack:
+        for i in range(start, loss_layer + 1):
+            h = spec.layer(model, i).register_forward_pre_hook(keep_call(i), with_kwargs=True)
+            stack.callback(h.remove)
+        stack.callback(_site(model, spec, layer, site).register_forward_hook(keep_site).remove)
+        stack.callback(spec.layer(model, loss_layer).register_forward_hook(stop).remove)
+        extra = {"past_key_values": kv, "use_cache": True} if kv is not None else {"use_cache": False}
+        try:
+            model(input_ids=p.batch.input_ids, attention_mask=p.batch.attention_mask, **extra)
+        except _Stop:
+            pass
+    return calls, cache, kv
+
+
+def reference_target_values(model, spec, tokenizer, requests, templates, *, layer, site, cfg, trace=False):
+    """The slow path: per request, a full forward each step with a hook adding δ (float32 loss)."""
+    loss_layer = cfg.loss_layer(spec)
+    results = []
+    for r in requests:
+        p = _problem(tokenizer, [r], templates, cfg.kl_prompt, model_device(model))
+        lookup = p.batch.lookup
+        rows = torch.arange(p.n_rows, device=lookup.device)
+        state: dict = {}
+
+        def inject(module, args, out):
+            o = _out(out)
+            state["base"] = o[p.first_row, lookup[p.first_row]].detach().float()
+            o = o.index_put((rows, lookup), state["delta"][p.req_of_row].to(o.dtype), accumulate=True)
+            return (o, *out[1:]) if isinstance(out, tuple) else o
+
+        def tap(module, args, out):
+            state["h"] = _out(out)
+
+        def forward(delta):
+            state["delta"] = delta
+            with ExitStack() as stack:
+                stack.callback(_site(model, spec, layer, site).register_forward_hook(inject).remove)
+                if loss_layer != spec.num_layers - 1:
+                    stack.callback(spec.layer(model, loss_layer).register_forward_hook(tap).remove)
+                logits = model(input_ids=p.batch.input_ids, attention_mask=p.batch.attention_mask, use_cache=False).logits
+                if loss_layer != spec.num_layers - 1:
+                    logits = logits_at(model, spec, state["h"])
+            lp = torch.log_softmax(logits.float(), -1)
+            return lp[p.tgt_row, p.tgt_pos], lp[p.kl_row, lookup[p.kl_row]], state["base"]
+
+        results.append(_optimise(forward, p, spec.hidden_size, model_device(model), cfg, trace))
+    return _stack(results)
+
+
+def _stack(results: list[ValueResult]) -> ValueResult:
+    cat = lambda name: torch.cat([getattr(r, name) for r in results])  # noqa: E731
+    lists = lambda name: [x for r in results for x in getattr(r, name)]  # noqa: E731
+    return ValueResult(cat("v_star"), cat("v_init"), cat("delta"), lists("steps"), lists("p_first"),
+                       lists("p_last"), lists("loss"), lists("trajectory"))

@@ -1,0 +1,366 @@
+"""EditSession: a sequence of edits on one in-memory model, with a ledger to undo and resume.
+
+One step (a request, or a batch of them): probe P(target) → editor.compute → refuse a delta that
+is empty, zero or non-finite (recorded, weights untouched) → write the delta file durably → apply
+it with one fused `rank_update_list_` → editor.commit → probe again → append the ledger line (the
+commit point). An exception before the commit point undoes the apply in memory, so the model and
+the ledger always agree; a killed process loses only the model, which `resume` rebuilds from the
+base weights and the ledger. See `seqedit.session.ledger` for the directory format.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import numbers
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .. import __version__
+from ..data import EditRequest
+from ..editors.base import Delta, EditContext
+from . import peft_export
+from .checks import (apply_delta, as_requests, check_structure, refusal, split_done,
+                     validate_requests)
+from .hashing import config_dict, config_hash, jsonable, request_key, tensor_fingerprint
+from .ledger import FORMAT, FORMAT_VERSION, LEDGER, Ledger, LedgerError
+from .moments import SecondMoments
+from .probe import request_probabilities, success
+from .replay import (check_base_model, declared_layers, model_identity, portable_memo, replay,
+                     restore_memo)
+from .results import APPLIED, REFUSED, SKIPPED, EditRefused, EditResult, RollbackError
+
+log = logging.getLogger("seqedit.session")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _check_same_editor(directory: Any, manifest: dict, method: str, config: Any) -> None:
+    """Continuing a ledger with other hyperparameters would mix two experiments in one run.
+    The seqedit version may differ (every line records its own); method and config may not."""
+    now = config_dict(config)
+    if method != manifest["method"] or now != manifest["config"]:
+        fields = sorted(k for k in set(now) | set(manifest["config"])
+                        if now.get(k) != manifest["config"].get(k))
+        raise LedgerError(f"{directory} was written by {manifest['method']!r} with another config "
+                          f"than this {method!r} editor's (differing: {fields}); resume with the "
+                          "recorded config (method=None rebuilds it)")
+    if manifest["seqedit_version"] != __version__:
+        log.warning("%s was started with seqedit %s, continuing with %s", directory,
+                    manifest["seqedit_version"], __version__)
+
+
+class EditSession:
+    """Sequential editing of `model` in place with `method` (a registry name or an Editor).
+
+    stats: key statistics for editors that need them: a dict `layer -> C` (or `(C, count)`), a
+      callable `layer -> C`, or None to compute them with `seqedit.stats.second_moments` (options
+      in `stats_options`) once, on the unedited weights, for the layers the editor asks for.
+    ledger_dir: where the ledger lives (created; must not hold a session already — use
+      `resume` for that). None: a temporary directory removed by `close()`.
+    config: the editor's hyperparameters when `method` is a name.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, method: Any = "memit", *,
+                 spec: Any = None, stats: Any = None, stats_options: dict | None = None,
+                 ledger_dir: str | Path | None = None, seed: int = 0, **config: Any) -> None:
+        self._setup(model, tokenizer, method, spec, stats, stats_options, seed, config)
+        fingerprints = {}
+        for layer in declared_layers(self._editor):  # before any weight can move
+            name = self.spec.mlp_out_weight_name(layer)
+            fingerprints[name] = tensor_fingerprint(model.get_parameter(name))
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "seqedit_version": __version__,
+            "created": _now(), "method": self.method, "config": config_dict(self._editor.config),
+            "config_hash": self.config_hash, "seed": seed,
+            "model": model_identity(model, self.spec), "base_fingerprint": fingerprints,
+        }
+        self._tmp = None
+        if ledger_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="seqedit-session-")
+            ledger_dir = self._tmp.name
+        self._ledger = Ledger.create(ledger_dir, manifest)
+
+    def _setup(self, model, tokenizer, method, spec, stats, stats_options, seed, config) -> None:
+        from ..models import spec as model_spec
+
+        self.model, self.tokenizer = model, tokenizer
+        self.spec = spec if spec is not None else model_spec(model)
+        if isinstance(method, str):
+            from ..editors import create
+
+            self._editor = create(method, self.spec, **config)
+        elif config:
+            raise TypeError(f"editor options {sorted(config)} apply only when `method` is a "
+                            "name; configure the Editor instance itself")
+        else:
+            self._editor = method
+        self.method = self._editor.name
+        self.config_hash = config_hash(self.method, self._editor.config, __version__)
+        self._moments = SecondMoments(model, tokenizer, stats, options=stats_options,
+                                      layers_hint=declared_layers(self._editor))
+        self._ctx = EditContext(tokenizer, self.spec, self._moments, seed)
+
+    # -- reopening ---------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, directory: str | Path, model: torch.nn.Module, tokenizer: Any, *,
+               method: Any = None, spec: Any = None, stats: Any = None,
+               stats_options: dict | None = None, progress: bool = True) -> "EditSession":
+        """Reopen a session directory (after a crash, or a `save`) on a freshly loaded *base*
+        model: repair what a crash left, check the model is the recorded base, replay every live
+        edit in ledger order (weights, then `editor.commit`). Further edits append to `directory`.
+
+        method: None recreates the editor from the manifest via the registry; pass the Editor
+        instance for editors outside it (its name and config must match the manifest's).
+        """
+        ledger = Ledger.open(directory)
+        try:
+            manifest = ledger.manifest
+            self = cls.__new__(cls)
+            self._tmp = None
+            config = {}
+            if method is None or (isinstance(method, str) and method == manifest["method"]):
+                method = manifest["method"]
+                # JSON turned the config's tuples into lists; the dataclasses want tuples back.
+                config = {k: tuple(v) if isinstance(v, list) else v
+                          for k, v in manifest["config"].items()}
+                from ..editors import EDITORS
+
+                if method not in EDITORS:
+                    raise LedgerError(f"{directory} was written by editor {method!r}, which is not "
+                                      "in seqedit.editors.EDITORS; pass the Editor as `method=`")
+            self._setup(model, tokenizer, method, spec, stats, stats_options, manifest["seed"],
+                        config)
+            _check_same_editor(directory, manifest, self.method, self._editor.config)
+            check_base_model(model, self.spec, manifest, ledger.fingerprints)
+            self._ledger = ledger
+            restore_memo(self._ctx.memo, ledger.memo)
+            replay(ledger, self._editor, self._moments, self._apply, progress=progress)
+            return self
+        except BaseException:
+            ledger.close()
+            raise
+
+    load = resume  # same operation: a saved directory is a ledger like any other
+
+    # -- editing -----------------------------------------------------------------------------
+    def pending(self, requests: Any) -> list[EditRequest]:
+        """The requests the ledger has not processed yet (count-matched, so a request given
+        twice runs twice). Refused and rolled-back requests count as processed."""
+        requests = as_requests(requests)
+        return [requests[i] for i in split_done(requests, self._ledger)[0]]
+
+    def edit(self, requests: Any, *, batch_size: int = 1, progress: bool = True,
+             strict: bool = False, skip_done: bool = True, probe: bool = True) -> list[EditResult]:
+        """Edit sequentially, `batch_size` requests per step; one EditResult per request.
+
+        All requests are validated first: one bad request raises RequestValidationError and no
+        weight moves. Requests the ledger already processed are skipped (status "skipped") unless
+        `skip_done=False`, so re-running a script after a crash edits only what is missing. A
+        delta the session refuses is recorded and the run goes on; `strict=True` raises
+        EditRefused instead (after recording it). `probe=False` skips the P(target) passes.
+        """
+        from tqdm.auto import tqdm
+
+        if self._ledger.closed:
+            raise LedgerError("this session is closed")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        requests = as_requests(requests)
+        validate_requests(requests, self.tokenizer, self.spec, self._ledger)
+        todo, done = (split_done(requests, self._ledger) if skip_done
+                      else (list(range(len(requests))), {}))
+        results: list[EditResult | None] = [None] * len(requests)
+        for i, edit_id in done.items():
+            results[i] = EditResult(edit_id, requests[i].case_id, SKIPPED, request=requests[i])
+        if done:
+            log.info("skipping %d request(s) the ledger already has", len(done))
+        with tqdm(total=len(todo), unit="edit", desc=self.method, disable=not progress) as bar:
+            for start in range(0, len(todo), batch_size):
+                index = todo[start:start + batch_size]
+                for i, result in zip(index, self._step([requests[i] for i in index], strict, probe)):
+                    results[i] = result
+                bar.update(len(index))
+        return results  # type: ignore[return-value]
+
+    def _step(self, batch: list[EditRequest], strict: bool, probe: bool) -> list[EditResult]:
+        edit_id = self._ledger.next_edit_id
+        times: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            times[name] = now - clock
+            clock = now
+
+        unmeasured = [None] * len(batch)
+        pre = request_probabilities(self.model, self.tokenizer, batch) if probe else unmeasured
+        lap("probe_pre_s")
+        delta = self._editor.compute(self.model, batch, self._ctx)
+        lap("compute_s")
+        check_structure(self.model, self.method, delta)
+        record = {
+            "type": "edit", "edit_id": edit_id, "time": _now(), "method": self.method,
+            "config_hash": self.config_hash, "seqedit_version": __version__,
+            "requests": [r.to_dict() for r in batch],
+            "request_keys": [request_key(r) for r in batch],
+            "stats_layers": sorted(self._moments.computed - self._ledger.stats_layers),
+            "info": jsonable(delta.info),
+            "memo": portable_memo(self._ctx.memo, self._ledger.memo),
+        }
+        reason = refusal(delta)
+        if reason is not None:
+            times["total_s"] = sum(times.values())
+            record.update(status=REFUSED, reason=reason, delta=None, layer_stats={},
+                          base_fingerprint={}, timings=times,
+                          probabilities=[{"case_id": r.case_id, "pre": p, "post": None}
+                                         for r, p in zip(batch, pre)])
+            self._ledger.append(record)
+            log.warning("edit %d refused: %s (weights untouched)", edit_id, reason)
+            results = [EditResult(edit_id, r.case_id, REFUSED, False, p, None, dict(times),
+                                  reason, r) for r, p in zip(batch, pre)]
+            if strict:
+                raise EditRefused(edit_id, reason, results)
+            return results
+        fresh = {d.name: tensor_fingerprint(self.model.get_parameter(d.name))
+                 for d in delta.layers if d.name not in self._ledger.fingerprints}
+        record["delta"] = self._ledger.write_delta(edit_id, delta)
+        lap("write_s")
+        self._crash_point("delta_written")
+        applied = committed = False
+        try:
+            record["layer_stats"] = self._apply(delta, 1.0)
+            applied = True
+            lap("apply_s")
+            self._crash_point("applied")
+            self._editor.commit(delta)
+            committed = True
+            lap("commit_s")
+            post = (request_probabilities(self.model, self.tokenizer, batch) if probe
+                    else unmeasured)
+            lap("probe_post_s")
+            times["total_s"] = sum(times.values())
+            ok = [success(r, p) if p else None for r, p in zip(batch, post)]
+            record.update(status=APPLIED, reason=None, base_fingerprint=fresh, timings=times,
+                          probabilities=[{"case_id": r.case_id, "pre": a, "post": b, "success": s}
+                                         for r, a, b, s in zip(batch, pre, post, ok)])
+            self._ledger.append(record)
+        except BaseException:
+            # Not committed: make memory match the ledger again before the error goes up.
+            if committed:
+                self._editor.revert(delta)
+            if applied:
+                self._apply(delta, -1.0)
+            raise
+        lap("ledger_s")
+        self._crash_point("committed")
+        log.debug("edit %d applied (%d request(s), %.3fs)", edit_id, len(batch), times["total_s"])
+        return [EditResult(edit_id, r.case_id, APPLIED, s, a, b, dict(times), None, r)
+                for r, a, b, s in zip(batch, pre, post, ok)]
+
+    def _crash_point(self, where: str) -> None:
+        """Does nothing; tests replace it to kill the process at a named point of a step."""
+
+    def _apply(self, delta: Delta, alpha: float) -> dict[str, dict[str, float]]:
+        self._moments.base_intact = False  # from here on, new statistics would be wrong
+        return apply_delta(self.model, delta, alpha)
+
+    # -- undoing, saving, exporting ---------------------------------------------------------
+    def rollback(self, edit_id: int) -> None:
+        """Remove an applied edit exactly (W −= U Vᵀ, then editor.revert); the ledger gets a
+        rollback line. Unknown, refused or already rolled-back ids raise RollbackError."""
+        if self._ledger.closed:
+            raise LedgerError("this session is closed")
+        ok_id = isinstance(edit_id, numbers.Integral) and not isinstance(edit_id, bool)
+        entry = self._ledger.entries.get(int(edit_id)) if ok_id else None
+        if entry is None:
+            known = self._ledger.next_edit_id
+            raise RollbackError(f"no edit {edit_id!r} in this session ("
+                                + (f"its edit ids are 0..{known - 1})" if known else "no edits yet)"))
+        if entry.status != APPLIED:
+            raise RollbackError(f"edit {edit_id} was refused: it never changed the model")
+        if entry.rolled_back:
+            raise RollbackError(f"edit {edit_id} is already rolled back")
+        delta = self._ledger.load_delta(entry)
+        start = time.perf_counter()
+        undone = reverted = False
+        try:
+            stats = self._apply(delta, -1.0)
+            undone = True
+            self._crash_point("unapplied")
+            self._editor.revert(delta)
+            reverted = True
+            self._ledger.append({"type": "rollback", "edit_id": entry.edit_id, "time": _now(),
+                                 "seqedit_version": __version__, "layer_stats": stats,
+                                 "timings": {"total_s": time.perf_counter() - start}})
+        except BaseException:
+            if reverted:
+                self._editor.commit(delta)
+            if undone:
+                self._apply(delta, 1.0)
+            raise
+        log.info("edit %d rolled back", entry.edit_id)
+
+    @property
+    def directory(self) -> Path:
+        return self._ledger.root
+
+    @property
+    def live_edits(self) -> list[int]:
+        """Ids of the edits currently in the model, in the order they were applied."""
+        return [e.edit_id for e in self._ledger.live_entries()]
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The ledger's lines as dicts, oldest first (read from disk)."""
+        with open(self._ledger.root / LEDGER, encoding="utf-8") as handle:
+            for line in handle:
+                if line.endswith("\n"):
+                    yield json.loads(line)
+
+    def save(self, directory: str | Path) -> Path:
+        """Copy the session (manifest, ledger, deltas) to `directory`, which `EditSession.load`
+        reopens on the base model. Saving into the session's own directory is a no-op: every
+        committed step is already durable there."""
+        dest = Path(directory)
+        if dest.exists() and dest.resolve() == self._ledger.root.resolve():
+            return dest
+        manifest = {**self._ledger.manifest, "base_fingerprint": dict(self._ledger.fingerprints),
+                    "saved": _now()}
+        self._ledger.copy_to(dest, manifest)
+        return dest
+
+    def export_peft(self, directory: str | Path, rank: int | None = None) -> dict[str, Any]:
+        """Write the live edits' accumulated ΔW as a PEFT LoRA adapter; returns the report
+        (also in `seqedit_export.json`), with the relative Frobenius error of any truncation."""
+        us: dict[str, list[torch.Tensor]] = {}
+        vs: dict[str, list[torch.Tensor]] = {}
+        for entry in self._ledger.live_entries():
+            for d in self._ledger.load_delta(entry).layers:
+                us.setdefault(d.name, []).append(d.u)
+                vs.setdefault(d.name, []).append(d.v)
+        factors = {name: (us[name], vs[name], len(us[name])) for name in us}
+        return peft_export.write_adapter(directory, self.model, factors, rank=rank)
+
+    def close(self) -> None:
+        """Release the directory lock (and remove a temporary directory)."""
+        self._ledger.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "EditSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"EditSession(method={self.method!r}, live_edits={len(self.live_edits)}, "
+                f"steps={self._ledger.next_edit_id}, directory={str(self.directory)!r})")

@@ -1,0 +1,79 @@
+"""MEMIT: normal equations per layer, residual spreading, purity, batches."""
+from __future__ import annotations
+
+import pytest
+import torch
+from editor_helpers import FAST, apply_delta, weights_digest
+
+from seqedit import editors
+from seqedit.editors import keys
+
+
+def test_shapes_orientation_and_purity(any_tiny, requests_):
+    t = any_tiny
+    ed = editors.create("memit", t.spec, **FAST)
+    before = weights_digest(t.model)
+    delta = ed.compute(t.model, requests_, t.ctx())
+    assert weights_digest(t.model) == before
+    assert [ld.name for ld in delta.layers] == [t.spec.mlp_out_weight_name(i) for i in sorted(ed.config.layers)]
+    for ld in delta.layers:
+        assert ld.u.shape == (t.spec.hidden_size, 3) and ld.v.shape == (t.spec.mlp_hidden_size, 3)
+        assert ld.transposed == t.spec.mlp_out_transposed
+        assert delta.keys[ld.name].shape == (t.spec.mlp_hidden_size, 3)
+    assert delta.is_finite()
+
+
+def test_normal_equations(any_tiny, requests_):
+    """Δ (λC + KKᵀ) = R Kᵀ with R = u, K = the keys the delta reports."""
+    t = any_tiny
+    ed = editors.create("memit", t.spec, **FAST)
+    delta = ed.compute(t.model, requests_[:2], t.ctx())
+    lam = ed.config.mom2_update_weight
+    for layer, ld in zip(sorted(ed.config.layers), delta.layers):
+        k = delta.keys[ld.name].double()
+        a = lam * t.c[layer] + k @ k.T
+        lhs = ld.dense().double() @ a
+        rhs = ld.u.double() @ k.T
+        assert torch.allclose(lhs, rhs, rtol=1e-4, atol=1e-4 * float(rhs.abs().max()))
+
+
+def test_residual_is_spread_over_remaining_layers(llama, requests_):
+    """The last layer receives the whole remaining residual: u_last = Z − H_last."""
+    ed = editors.create("memit", llama.spec, **FAST)
+    ctx = llama.ctx()
+    delta = ed.compute(llama.model, requests_[:1], ctx)
+    z_layer = sorted(ed.config.layers)[-1]
+    templates = keys.context_templates(llama.model, llama.tokenizer, ctx)
+    from seqedit.editors import values
+    z = values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:1], templates,
+                             layer=z_layer, site="block", cfg=ed.config).v_star
+    # First layer: the residual on the unedited model divided by |L|.
+    h0 = keys.compute_keys(llama.model, llama.spec, llama.tokenizer, requests_[:1], templates, [z_layer],
+                           blocks=[z_layer])[("bare_block", z_layer)]
+    n = len(ed.config.layers)
+    assert torch.allclose(delta.layers[0].u[:, 0], (z - h0)[0] / n, atol=1e-4)
+
+
+def test_keys_seen_on_partially_updated_model(llama, requests_):
+    """Keys of layer i come from the model with layers < i already updated (not the original)."""
+    ed = editors.create("memit", llama.spec, **FAST)
+    ctx = llama.ctx()
+    delta = ed.compute(llama.model, requests_[:1], ctx)
+    layers = sorted(ed.config.layers)
+    templates = keys.context_templates(llama.model, llama.tokenizer, ctx)
+    saved = {n: p.detach().clone() for n, p in llama.model.named_parameters()}
+    try:
+        apply_delta(llama.model, type(delta)(delta.method, delta.layers[:1]))
+        k1 = keys.compute_keys(llama.model, llama.spec, llama.tokenizer, requests_[:1], templates, [layers[1]])
+        assert torch.allclose(k1[layers[1]][0], delta.keys[delta.layers[1].name][:, 0], atol=1e-5)
+    finally:
+        with torch.no_grad():
+            for n, p in llama.model.named_parameters():
+                p.copy_(saved[n])
+
+
+def test_not_positive_definite_is_a_clear_error(llama, requests_):
+    ed = editors.create("memit", llama.spec, **FAST)
+    neg = {layer: -c for layer, c in llama.c.items()}
+    with pytest.raises(ValueError, match="positive definite"):
+        ed.compute(llama.model, requests_[:1], llama.ctx(c=neg))

@@ -1,0 +1,45 @@
+"""Prompt filling, subject location through offsets, context templates."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqedit.editors import EditContext, _text, keys
+from seqedit.models import tiny
+
+
+def test_fill_and_span():
+    text, a, b = _text.fill("Hello. {}", "The mother tongue of {} is", "Ann {Lee}")
+    assert text == "Hello. The mother tongue of Ann {Lee} is" and text[a:b] == "Ann {Lee}"
+    with pytest.raises(ValueError, match="placeholder"):
+        _text.fill("{} and {}", "{}", "x")
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_subject_last_token_skips_specials(add_bos):
+    _, tok = tiny("llama", add_bos=add_bos)
+    (row,) = _text.encode_rows(tok, [_text.fill("{}", "{} is", "Bob")], [[5, 6]])
+    offset = 1 if add_bos else 0
+    assert row.lookup == 2 + offset  # "B","o","b": last subject byte
+    prompt_len = len(row.ids) - 1  # the last target token is predicted, not fed
+    assert row.ids[-1] == 5 and row.targets == [(prompt_len - 1, 5), (prompt_len, 6)]
+
+
+def test_subject_last_token_with_merged_tokens():
+    offsets = [(0, 3), (3, 10), (10, 14), (14, 17)]  # "The|Danielle D|arr|ieux is"
+    assert _text.subject_last_token(offsets, 4, 15, "x" * 17) == 3
+    with pytest.raises(ValueError, match="subject"):
+        _text.subject_last_token([(0, 0)], 0, 3, "abc")
+
+
+def test_context_templates_memoised_and_seeded():
+    model, tok = tiny("llama")
+    ctx = EditContext(tok, None, seed=3)
+    a = keys.context_templates(model, tok, ctx, length=4)
+    assert keys.context_templates(model, tok, ctx, length=4) is a
+    b = keys.context_templates(model, tok, EditContext(tok, None, seed=3), length=4)
+    assert a == b and a[0] == ("{}",) and len(a[1]) == 5
+    assert all(t.endswith(". {}") and t.count("{}") == 1 for t in a[1])
+    state = torch.random.get_rng_state()
+    keys.context_templates(model, tok, EditContext(tok, None, seed=4), length=4)
+    assert torch.equal(state, torch.random.get_rng_state())  # private generator only

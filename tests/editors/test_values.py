@@ -1,0 +1,100 @@
+"""Target-value optimisation: the fast path computes what the reference path computes."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from seqedit.editors import keys, values
+from seqedit.editors.config import ValueConfig
+
+from editor_helpers import Tiny
+
+
+@pytest.fixture(scope="module")
+def llama64():
+    return Tiny("llama", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def gpt2_64():
+    return Tiny("gpt2", dtype=torch.float64)
+
+
+def _templates(t: Tiny):
+    return keys.context_templates(t.model, t.tokenizer, t.ctx(), length=5)
+
+
+def _both(t: Tiny, reqs, site, layer, **cfg):
+    cfg = ValueConfig(v_num_grad_steps=6, **cfg)
+    temps = _templates(t)
+    kw = dict(layer=layer, site=site, cfg=cfg, trace=True)
+    fast = values.target_values(t.model, t.spec, t.tokenizer, reqs, temps, **kw)
+    ref = values.reference_target_values(t.model, t.spec, t.tokenizer, reqs, temps, **kw)
+    return fast, ref
+
+
+def _assert_same(fast, ref, rtol):
+    assert fast.steps == ref.steps
+    for tf, tr in zip(fast.trajectory, ref.trajectory):
+        assert len(tf) == len(tr) > 0
+        for a, b in zip(tf, tr):
+            assert torch.allclose(a, b, rtol=rtol, atol=rtol * float(b.norm()))
+    assert torch.allclose(fast.v_init, ref.v_init, rtol=rtol, atol=rtol)
+    assert torch.allclose(fast.v_star, ref.v_star, rtol=rtol, atol=rtol * float(ref.v_star.norm()))
+    assert fast.p_first == pytest.approx(ref.p_first, rel=rtol * 10)
+    assert fast.p_last == pytest.approx(ref.p_last, rel=rtol * 10)
+
+
+@pytest.mark.parametrize("site,layer", [("block", 1), ("mlp_out", 2), ("block", 3)])
+@pytest.mark.parametrize("arch", ["llama64", "gpt2_64"])
+def test_fast_equals_reference_float64(arch, site, layer, requests_, request):
+    t = request.getfixturevalue(arch)
+    fast, ref = _both(t, requests_[:2], site, layer)
+    _assert_same(fast, ref, rtol=1e-9)
+
+
+def test_fast_equals_reference_float32(llama, requests_):
+    fast, ref = _both(llama, requests_, "block", 2)
+    _assert_same(fast, ref, rtol=2e-4)
+
+
+def test_loss_layer_below_last(llama64, requests_):
+    fast, ref = _both(llama64, requests_[:1], "block", 1, v_loss_layer=2)
+    _assert_same(fast, ref, rtol=1e-9)
+
+
+def test_early_stop_threshold_stops_after_first_forward(llama64, requests_):
+    fast, ref = _both(llama64, requests_[:2], "block", 1, early_stop_loss=1e9)
+    assert fast.steps == ref.steps == [0, 0]
+    assert torch.equal(fast.delta, torch.zeros_like(fast.delta))
+
+
+def test_clamp_bounds_delta(llama64, requests_):
+    fast, _ = _both(llama64, requests_[:2], "block", 1, clamp_norm_factor=0.01, v_lr=5.0)
+    bound = 0.01 * fast.v_init.norm(dim=1)
+    assert (fast.delta.norm(dim=1) <= bound * (1 + 1e-9)).all()
+
+
+def test_argmax_early_stop_never_takes_more_steps(llama64, requests_):
+    base, _ = _both(llama64, requests_[:2], "block", 1, v_lr=2.0)
+    early, ref = _both(llama64, requests_[:2], "block", 1, v_lr=2.0, early_stop_on_argmax=True)
+    assert all(e <= b for e, b in zip(early.steps, base.steps))
+    assert early.steps == ref.steps
+
+
+def test_v_init_is_the_unedited_hidden_state(llama, requests_):
+    temps = _templates(llama)
+    cfg = ValueConfig(v_num_grad_steps=1)
+    res = values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:1], temps,
+                               layer=2, site="block", cfg=cfg)
+    found = keys.compute_keys(llama.model, llama.spec, llama.tokenizer, requests_[:1], temps, [2], blocks=[2])
+    assert torch.allclose(res.v_init, found[("bare_block", 2)], atol=1e-5)
+    assert res.steps == [0] and torch.equal(res.v_star, res.v_init)
+
+
+def test_bad_site_is_rejected(llama, requests_):
+    with pytest.raises(ValueError, match="site"):
+        values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:1], _templates(llama),
+                             layer=1, site="attn", cfg=dataclasses.replace(ValueConfig(), v_num_grad_steps=1))

@@ -1,0 +1,33 @@
+"""Fixtures for the key-statistics tests."""
+from __future__ import annotations
+
+import pytest
+import torch
+from stats_helpers import make_corpus
+
+from seqedit.models import tiny
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    return make_corpus()
+
+
+@pytest.fixture
+def llama():
+    return tiny("llama", seed=0)
+
+
+@pytest.fixture
+def gpt2():
+    return tiny("gpt2", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from threads, and on a shared machine OpenMP threads that spin
+    # while other processes hold the cores made these tests ~10x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
