@@ -12,6 +12,8 @@
 //   as the CPU kernel does, so both backends round the same way up to summation order.
 // * Each thread owns 8 rows x 8 contiguous columns, so its W accesses are 16-byte vectors for
 //   16-bit dtypes (two/four for float32/float64) and a warp covers 256 contiguous bytes per row.
+// * Each tile's W lines are prefetched into L2 before the factor loads and the math, so the
+//   DRAM latency of W overlaps them (2 float blocks per SM also overlap each other's phases).
 // * The factors are passed transposed ([k, rows] and [k, cols], made by the host wrapper) so
 //   the shared-memory staging loads are coalesced and bank-conflict free.
 // * Statistics: per-thread float partials over 8 elements (error < 1e-6 relative), then float64
