@@ -10,7 +10,7 @@ from seqedit import EditSession
 from seqedit.data import EditRequest, RequestValidationError
 from seqedit.models import spec as model_spec
 from seqedit.models import tiny
-from seqedit.session import EditRefused
+from seqedit.session import EditRefused, LedgerError
 
 from session_helpers import (FakeConfig, FakeEditor, assert_models_close, expected_weights,
                              make_requests, model_hash)
@@ -229,6 +229,8 @@ def test_dict_requests_and_method_config_errors(llama, fake):
         assert result[0].status == "applied"
         with pytest.raises(ValueError, match="batch_size"):
             session.edit(make_requests(1, start=1), batch_size=0)
+    with pytest.raises(LedgerError, match="the session is closed"):
+        session.edit(make_requests(1, start=1), progress=False)
     with pytest.raises(TypeError, match="apply only when `method` is a name"):
         EditSession(model, tok, fake, layers=[1])
 

@@ -33,7 +33,7 @@ def load_smollm2():
 def test_memit_on_smollm2_edit_rollback_export(tmp_path):
     peft = pytest.importorskip("peft")
     model, tok = load_smollm2()
-    stats = {"max_tokens": 20_000, "cache_dir": tmp_path / "stats", "progress": False}
+    stats = {"max_tokens": 5_000, "cache_dir": tmp_path / "stats", "progress": False}
     with EditSession(model, tok, "memit", ledger_dir=tmp_path / "s", stats_options=stats) as session:
         results = session.edit(FACTS, progress=False)
         assert all(r.status == "applied" for r in results)

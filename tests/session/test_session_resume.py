@@ -217,3 +217,36 @@ def test_crash_during_creation_leaves_an_empty_session(tmp_path):
     with EditSession.resume(tmp_path / "s", model, tok, method=FakeEditor(spec),
                             progress=False) as resumed:
         assert resumed.live_edits == [] and resumed.edit(make_requests(1), progress=False)
+
+
+def test_a_write_failure_that_cannot_be_undone_stops_the_session(tmp_path, monkeypatch):
+    model, tok = tiny("llama", seed=0)
+    spec = model_spec(model)
+    session = EditSession(model, tok, FakeEditor(spec), ledger_dir=tmp_path / "s")
+    session.edit(make_requests(1), progress=False)
+    ledger_fd, real_fsync = session._ledger._fd, os.fsync
+
+    def fsync(fd):
+        if fd == ledger_fd:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    def ftruncate(fd, size):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    with pytest.raises(OSError):
+        session.edit(make_requests(1, start=1), progress=False)
+    monkeypatch.undo()
+    assert session.live_edits == [0]  # memory was undone
+    with pytest.raises(LedgerError, match="could not be undone"):
+        session.edit(make_requests(1, start=2), progress=False)
+    session.close()
+    base, _ = tiny("llama", seed=0)
+    # the line did reach the file: the directory, not memory, is the truth
+    with EditSession.resume(tmp_path / "s", base, tok, method=FakeEditor(spec),
+                            progress=False) as resumed:
+        assert resumed.live_edits == [0, 1]
+    ref, _ = reference_run(make_requests(2))
+    assert_models_close(base, ref)

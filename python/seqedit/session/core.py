@@ -30,8 +30,8 @@ from .hashing import config_dict, config_hash, jsonable, request_key, tensor_fin
 from .ledger import FORMAT, FORMAT_VERSION, LEDGER, Ledger, LedgerError
 from .moments import SecondMoments
 from .probe import request_probabilities, success
-from .replay import (check_base_model, declared_layers, model_identity, portable_memo, replay,
-                     restore_memo)
+from .replay import (check_base_model, check_same_editor, declared_layers, model_identity,
+                     portable_memo, replay, restore_memo)
 from .results import APPLIED, REFUSED, SKIPPED, EditRefused, EditResult, RollbackError
 
 log = logging.getLogger("seqedit.session")
@@ -39,21 +39,6 @@ log = logging.getLogger("seqedit.session")
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _check_same_editor(directory: Any, manifest: dict, method: str, config: Any) -> None:
-    """Continuing a ledger with other hyperparameters would mix two experiments in one run.
-    The seqedit version may differ (every line records its own); method and config may not."""
-    now = config_dict(config)
-    if method != manifest["method"] or now != manifest["config"]:
-        fields = sorted(k for k in set(now) | set(manifest["config"])
-                        if now.get(k) != manifest["config"].get(k))
-        raise LedgerError(f"{directory} was written by {manifest['method']!r} with another config "
-                          f"than this {method!r} editor's (differing: {fields}); resume with the "
-                          "recorded config (method=None rebuilds it)")
-    if manifest["seqedit_version"] != __version__:
-        log.warning("%s was started with seqedit %s, continuing with %s", directory,
-                    manifest["seqedit_version"], __version__)
 
 
 class EditSession:
@@ -137,7 +122,7 @@ class EditSession:
                                       "in seqedit.editors.EDITORS; pass the Editor as `method=`")
             self._setup(model, tokenizer, method, spec, stats, stats_options, manifest["seed"],
                         config)
-            _check_same_editor(directory, manifest, self.method, self._editor.config)
+            check_same_editor(directory, manifest, self.method, self._editor.config)
             check_base_model(model, self.spec, manifest, ledger.fingerprints)
             self._ledger = ledger
             restore_memo(self._ctx.memo, ledger.memo)
@@ -168,8 +153,7 @@ class EditSession:
         """
         from tqdm.auto import tqdm
 
-        if self._ledger.closed:
-            raise LedgerError("this session is closed")
+        self._ledger.ensure_writable()
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         requests = as_requests(requests)
@@ -276,8 +260,7 @@ class EditSession:
     def rollback(self, edit_id: int) -> None:
         """Remove an applied edit exactly (W −= U Vᵀ, then editor.revert); the ledger gets a
         rollback line. Unknown, refused or already rolled-back ids raise RollbackError."""
-        if self._ledger.closed:
-            raise LedgerError("this session is closed")
+        self._ledger.ensure_writable()
         ok_id = isinstance(edit_id, numbers.Integral) and not isinstance(edit_id, bool)
         entry = self._ledger.entries.get(int(edit_id)) if ok_id else None
         if entry is None:

@@ -126,6 +126,7 @@ class Ledger:
         self.memo: dict[str, Any] = {}  # canonical key -> [key, value], see replay.portable_memo
         self._processed: dict[str, list[int]] = {}  # request key -> edit steps that had it
         self._size = 0
+        self._broken = False
         self._fd = -1
         self._closer = None
 
@@ -173,7 +174,8 @@ class Ledger:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise LedgerError(f"{where}:{number}: not JSON ({err})") from None
-            self._index(record, where=f"{where}:{number}")
+            self._check(record, where=f"{where}:{number}")
+            self._index(record)
         self._size = len(committed)
         self._remove_debris()
 
@@ -208,11 +210,18 @@ class Ledger:
                                   f"{entry.delta['file']}, which is missing")
 
     # -- indexing --------------------------------------------------------------------------
-    def _index(self, record: dict[str, Any], *, where: str) -> None:
+    def _check(self, record: dict[str, Any], *, where: str) -> None:
         kind, edit_id = record.get("type"), record.get("edit_id")
+        if kind == "edit" and edit_id != self.next_edit_id:
+            raise LedgerError(f"{where}: edit_id {edit_id}, expected {self.next_edit_id}")
+        if kind == "rollback" and not (edit_id in self.entries and self.entries[edit_id].live):
+            raise LedgerError(f"{where}: rollback of edit {edit_id}, which is not live")
+        if kind not in ("edit", "rollback"):
+            raise LedgerError(f"{where}: unknown line type {kind!r} (written by a newer seqedit?)")
+
+    def _index(self, record: dict[str, Any]) -> None:
+        kind, edit_id = record["type"], record["edit_id"]
         if kind == "edit":
-            if edit_id != self.next_edit_id:
-                raise LedgerError(f"{where}: edit_id {edit_id}, expected {self.next_edit_id}")
             self.entries[edit_id] = Entry(edit_id, record["status"], record["method"],
                                           list(record["request_keys"]),
                                           [r.get("case_id") for r in record["requests"]],
@@ -223,13 +232,8 @@ class Ledger:
             self.stats_layers.update(record.get("stats_layers") or [])
             for key, value in record.get("memo") or []:
                 self.memo[canonical_json(key)] = [key, value]
-        elif kind == "rollback":
-            entry = self.entries.get(edit_id)
-            if entry is None or not entry.live:
-                raise LedgerError(f"{where}: rollback of edit {edit_id}, which is not live")
-            entry.rolled_back = True
         else:
-            raise LedgerError(f"{where}: unknown line type {kind!r} (written by a newer seqedit?)")
+            self.entries[edit_id].rolled_back = True
 
     @property
     def next_edit_id(self) -> int:
@@ -239,9 +243,13 @@ class Ledger:
         """Edit steps (applied or refused) whose requests included this exact request."""
         return self._processed.get(key, [])
 
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
+    def ensure_writable(self) -> None:
+        if self._fd < 0:
+            raise LedgerError(f"{self.root}: the session is closed")
+        if self._broken:
+            raise LedgerError(f"{self.root}: an earlier failed write could not be undone, so "
+                              "memory and disk may disagree; reopen the directory with "
+                              "EditSession.resume (the directory is the truth)")
 
     def live_entries(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.live]
@@ -250,8 +258,8 @@ class Ledger:
     def append(self, record: dict[str, Any]) -> None:
         """Write one line and fsync it: the commit point. On any failure the line is cut off
         again, so the ledger never holds a line the caller believes failed."""
-        if self._fd < 0:
-            raise LedgerError(f"{self.root}: the session is closed")
+        self.ensure_writable()
+        self._check(record, where=f"{self.root / LEDGER} (appending)")
         data = (json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n").encode()
         start = self._size
         try:
@@ -260,17 +268,19 @@ class Ledger:
         except BaseException:
             try:
                 os.ftruncate(self._fd, start)
-            finally:
-                raise
+            except OSError:
+                self._broken = True  # the file may now hold a line memory does not have
+            raise
         self._size = start + len(data)
-        self._index(record, where=f"{self.root / LEDGER} (appending)")
+        self._index(record)
 
     def write_delta(self, edit_id: int, delta: Delta) -> dict[str, Any]:
         """Store the factors durably; return the ledger's description of the file."""
+        self.ensure_writable()
         name = delta_file_name(edit_id)
         # Own copies: an editor may hand out views sharing storage (keys = factors), which
         # safetensors refuses to write.
-        tensors = {name: t.clone() for name, t in delta.to_tensors().items()}
+        tensors = {key: t.clone() for key, t in delta.to_tensors().items()}
         blob = safetensors.torch.save(tensors, metadata={
             "format": "seqedit-delta", "edit_id": str(edit_id), "method": delta.method})
         write_atomic(self.root / DELTAS / name, blob)
@@ -299,7 +309,8 @@ class Ledger:
         (dest / DELTAS).mkdir(parents=True, exist_ok=True)
         for entry in self.entries.values():
             if entry.delta:
-                _write_durable(dest / entry.delta["file"], (self.root / entry.delta["file"]).read_bytes())
+                blob = (self.root / entry.delta["file"]).read_bytes()
+                _write_durable(dest / entry.delta["file"], blob)
         _write_durable(dest / LEDGER, os.pread(self._fd, self._size, 0))
         _fsync_dir(dest / DELTAS)
         write_atomic(dest / MANIFEST, json.dumps(manifest, indent=1).encode())

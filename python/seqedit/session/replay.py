@@ -7,7 +7,8 @@ from typing import Any, Callable
 import torch
 
 from ..editors.base import Delta, LayerDelta
-from .hashing import canonical_json, fingerprint_mismatch
+from .. import __version__
+from .hashing import canonical_json, config_dict, fingerprint_mismatch
 from .ledger import Ledger, LedgerError
 from .moments import SecondMoments
 
@@ -64,6 +65,21 @@ def model_identity(model: torch.nn.Module, spec: Any) -> dict[str, Any]:
             "name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None),
             "arch": spec.arch, "num_layers": spec.num_layers, "hidden_size": spec.hidden_size,
             "mlp_hidden_size": spec.mlp_hidden_size}
+
+
+def check_same_editor(directory: Any, manifest: dict, method: str, config: Any) -> None:
+    """Continuing a ledger with other hyperparameters would mix two experiments in one run.
+    The seqedit version may differ (every line records its own); method and config may not."""
+    now = config_dict(config)
+    if method != manifest["method"] or now != manifest["config"]:
+        fields = sorted(k for k in set(now) | set(manifest["config"])
+                        if now.get(k) != manifest["config"].get(k))
+        raise LedgerError(f"{directory} was written by {manifest['method']!r} with another config "
+                          f"than this {method!r} editor's (differing: {fields}); resume with the "
+                          "recorded config (method=None rebuilds it)")
+    if manifest["seqedit_version"] != __version__:
+        log.warning("%s was started with seqedit %s, continuing with %s", directory,
+                    manifest["seqedit_version"], __version__)
 
 
 def check_base_model(model: torch.nn.Module, spec: Any, manifest: dict[str, Any],
