@@ -3,14 +3,16 @@
     python bench/stats.py                  # SmolLM2-135M, default edit layers, 20k tokens
     python bench/stats.py --quick          # tiny random Llama, seconds
     python bench/stats.py --default-budget # also time the library default budget (ours only)
+    python bench/stats.py --threads 1      # one intra-op thread (steadier on a shared machine)
 
 Both sides see the same tokens in the same batches. The baseline does what EasyEdit's
 `layer_stats` does per layer: a forward that stops right after that layer's MLP output projection
 (exception from a hook), the masked keys cast to float64 (the function's default precision; its
 YAML configs use float32) and `acc += k.T @ k`, once per layer. Ours: `seqedit.stats.second_moments`
 (one pass stopping before the deepest projection, fused `second_moment_list_` into float64),
-without cache so its planning and tokenization are timed too. Timings are best-of-`--repeat`
-wall clock; on a shared CPU expect ±20% noise.
+without cache so its planning and tokenization are timed too. The two run interleaved
+`--repeat` times; the table gives best wall time and best process CPU time — on a shared machine
+the CPU-time ratio is the steadier one (wall time moves with other processes' load).
 """
 from __future__ import annotations
 
@@ -62,13 +64,18 @@ def baseline(model, layers, batches):
     return out
 
 
-def timed(fn, repeat):
-    times, result = [], None
+def timed_pair(fns, repeat):
+    """Run the functions interleaved `repeat` times (so both see the same background load);
+    per function: best wall time, best process CPU time (robust to other processes on a shared
+    machine), median wall time, last result."""
+    walls, cpus, results = [[] for _ in fns], [[] for _ in fns], [None] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times), result
+        for j, fn in enumerate(fns):
+            w0, c0 = time.perf_counter(), time.process_time()
+            results[j] = fn()
+            walls[j].append(time.perf_counter() - w0)
+            cpus[j].append(time.process_time() - c0)
+    return [(min(w), min(c), statistics.median(w), r) for w, c, r in zip(walls, cpus, results)]
 
 
 def main() -> None:
@@ -80,7 +87,10 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=None, help="best of N (default 1; 3 with --quick)")
     ap.add_argument("--default-budget", action="store_true", help=f"also time ours at max_tokens={DEFAULT_MAX_TOKENS}")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.quick:
         model, tok = tiny("llama", seed=0)
@@ -100,33 +110,39 @@ def main() -> None:
     tokenizer_fingerprint(tok), content_hash(docs)
     t_fp2 = time.perf_counter()
 
-    best_ours, med_ours, ours = timed(
-        lambda: second_moments(model, tok, layers, corpus=docs, cache=False, progress=False, **common), repeat)
     batches = pack(select(docs, tok, budget, max_length), args.batch_tokens)
-    best_base, med_base, base = timed(lambda: baseline(model, layers, batches), repeat)
+    padded = sum(b.inputs()[0].numel() for b in batches)
+    (w_ours, c_ours, m_ours, ours), (w_base, c_base, m_base, base) = timed_pair([
+        lambda: second_moments(model, tok, layers, corpus=docs, cache=False, progress=False, **common),
+        lambda: baseline(model, layers, batches),
+    ], repeat)
     worst = max(float(((ours[i][0] - base[i][0]).norm() / base[i][0].norm())) for i in layers)
     count = ours[layers[0]][1]
 
     name = "tiny llama" if args.quick else args.model
-    print(f"\n{name}, layers {layers}, {count} tokens, max_length {max_length}, batch_tokens "
-          f"{args.batch_tokens}, {torch.get_num_threads()} threads, dtype {spec.mlp_out(model, layers[0]).weight.dtype}")
-    print("| method | forward passes | time (best / median) | tokens/s | speed-up |")
-    print("|---|---|---|---|---|")
+    print(f"\n{name}, layers {layers}, {count} tokens ({padded} with padding, {len(batches)} batches), "
+          f"max_length {max_length}, batch_tokens {args.batch_tokens}, {torch.get_num_threads()} threads, "
+          f"dtype {spec.mlp_out(model, layers[0]).weight.dtype}")
+    print("| method | forward passes | wall best / median | CPU time | tokens/s (wall) | tokens/s (CPU) "
+          "| speed-up wall / CPU |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| per-layer passes, float64 `acc += k.T @ k` (EasyEdit-style) | {len(layers)} | "
-          f"{best_base:.2f} s / {med_base:.2f} s | {count / best_base:,.0f} | 1.0x |")
-    print(f"| seqedit one pass, fused `second_moment_list_` | 1 | {best_ours:.2f} s / {med_ours:.2f} s | "
-          f"{count / best_ours:,.0f} | {best_base / best_ours:.1f}x |")
+          f"{w_base:.2f} s / {m_base:.2f} s | {c_base:.2f} s | {count / w_base:,.0f} | {count / c_base:,.0f} "
+          "| 1.0x / 1.0x |")
+    print(f"| seqedit one pass, fused `second_moment_list_` | 1 | {w_ours:.2f} s / {m_ours:.2f} s | {c_ours:.2f} s | "
+          f"{count / w_ours:,.0f} | {count / c_ours:,.0f} | {w_base / w_ours:.1f}x / {c_base / c_ours:.1f}x |")
     print(f"\nmax relative Frobenius difference ours vs baseline: {worst:.1e}")
     print(f"cache-key cost: weights up to layer {max(layers)} {t_fp1 - t_fp0:.2f} s, "
           f"tokenizer + corpus {t_fp2 - t_fp1:.2f} s")
 
     if args.default_budget:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = second_moments(model, tok, layers, corpus=docs, max_tokens=DEFAULT_MAX_TOKENS, max_length=max_length,
                            batch_tokens=args.batch_tokens, cache=False, progress=False)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         n = r[layers[0]][1]
-        print(f"default budget: {n} tokens in {dt:.1f} s ({n / dt:,.0f} tokens/s), ours, no cache")
+        print(f"default budget (ours, no cache): {n} tokens in {dt:.1f} s wall ({n / dt:,.0f} tokens/s), "
+              f"{dc:.1f} s CPU")
 
 
 if __name__ == "__main__":

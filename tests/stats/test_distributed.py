@@ -18,12 +18,14 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
-def test_two_ranks_equal_one_process(corpus, tmp_path):
+needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+
+
+def _launch(tmp_path, cache_dir, seeds=(0, 0)) -> None:
     # Forked children inherit the imported torch/transformers: no 2x interpreter start-up.
     ctx = multiprocessing.get_context("fork")
-    cache_dir, port = tmp_path / "cache", _free_port()
-    procs = [ctx.Process(target=run, args=(r, 2, port, str(tmp_path), str(cache_dir))) for r in range(2)]
+    port = _free_port()
+    procs = [ctx.Process(target=run, args=(r, 2, port, str(tmp_path), str(cache_dir), seeds[r])) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -32,6 +34,12 @@ def test_two_ranks_equal_one_process(corpus, tmp_path):
         if p.is_alive():
             p.kill()
         assert p.exitcode == 0, f"rank exited with {p.exitcode}"
+
+
+@needs_fork
+def test_two_ranks_equal_one_process(corpus, tmp_path):
+    cache_dir = tmp_path / "cache"
+    _launch(tmp_path, cache_dir)
 
     model, tok = tiny("llama", seed=0)
     single = second_moments(model, tok, LAYERS, corpus=corpus, cache=False, **KW)
@@ -47,3 +55,10 @@ def test_two_ranks_equal_one_process(corpus, tmp_path):
     cached = second_moments(model, tok, LAYERS, corpus=corpus, cache_dir=cache_dir, **KW)
     for i in LAYERS:
         torch.testing.assert_close(cached[i][0], ranks[0][i][0], rtol=0, atol=0)
+
+
+@needs_fork
+def test_ranks_with_different_models_fail_together(tmp_path):
+    _launch(tmp_path, tmp_path / "cache", seeds=(0, 1))
+    for r in range(2):
+        assert "ranks disagree" in (tmp_path / f"rank{r}.err").read_text()

@@ -45,8 +45,9 @@ def second_moments(
     corpus: None (the packaged `seqedit.data.corpus("wikipedia_vital")`), a list of strings, a
       path to a .txt (a document per line) / .jsonl / .json file (optionally .gz), or the name of
       a packaged corpus.
-    max_tokens: exact token budget (100k by default: a couple of minutes for a ~100M model on a
-      CPU; raise it on a GPU). Fewer only if the corpus runs out (warned).
+    max_tokens: exact token budget. The 100k default keeps CPU runs short (SmolLM2-135M, layers
+      4-8: ~5 CPU-minutes on one core) and gives ~65 tokens per dimension for d_in = 1536; raise it
+      on a GPU or for wider models. Fewer only if the corpus runs out (warned).
     max_length: documents are truncated to this many tokens; default min(model context, 1024).
     batch_tokens: bound on padded tokens (rows x longest row) per forward; default max(4096,
       max_length).
