@@ -22,15 +22,26 @@ def gpt2_64():
     return Tiny("gpt2", dtype=torch.float64)
 
 
+@pytest.fixture(scope="module")
+def gemma3_64():
+    return Tiny("gemma3", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def qwen2_64():
+    return Tiny("qwen2", dtype=torch.float64)
+
+
 def _templates(t: Tiny):
     return keys.context_templates(t.model, t.tokenizer, t.ctx(), length=5)
 
 
-def _both(t: Tiny, reqs, site, layer, **cfg):
+def _both(t: Tiny, reqs, site, layer, suffix=True, **cfg):
     cfg = ValueConfig(v_num_grad_steps=6, **cfg)
     temps = _templates(t)
     kw = dict(layer=layer, site=site, cfg=cfg, trace=True)
-    fast = values.target_values(t.model, t.spec, t.tokenizer, reqs, temps, **kw)
+    fast = values._fast_target_values(t.model, t.spec, t.tokenizer, reqs, temps, suffix=suffix, **kw)
+    assert fast.mode == ("suffix" if suffix else "full")
     ref = values.reference_target_values(t.model, t.spec, t.tokenizer, reqs, temps, **kw)
     return fast, ref
 
@@ -48,10 +59,17 @@ def _assert_same(fast, ref, rtol):
 
 
 @pytest.mark.parametrize("site,layer", [("block", 1), ("mlp_out", 2), ("block", 3)])
-@pytest.mark.parametrize("arch", ["llama64", "gpt2_64"])
+@pytest.mark.parametrize("arch", ["llama64", "gpt2_64", "gemma3_64", "qwen2_64"])
 def test_fast_equals_reference_float64(arch, site, layer, requests_, request):
     t = request.getfixturevalue(arch)
     fast, ref = _both(t, requests_[:2], site, layer)
+    _assert_same(fast, ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["llama64", "gpt2_64"])
+def test_full_row_replay_equals_reference(arch, requests_, request):
+    t = request.getfixturevalue(arch)
+    fast, ref = _both(t, requests_[:2], "mlp_out", 1, suffix=False)
     _assert_same(fast, ref, rtol=1e-9)
 
 

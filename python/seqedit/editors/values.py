@@ -19,11 +19,13 @@ Two implementations compute the same thing:
 * `reference_target_values`: one request at a time, a full model forward per step with a hook
   adding δ, logits over the whole batch — what upstream does; the benchmark baseline.
 * the fast path: all requests (each with its own δ) in one padded batch. One initial forward
-  caches the full hidden-state tensor entering the first layer above the injection point and
-  the arguments each upper layer was called with (mask, rotary tables); every step replays only
-  the layers from the injection point to v_loss_layer. Nothing below changes with δ, and the
-  upper layers still attend over every position. Logits are computed only on the scored rows
-  (final norm + LM head on [#targets + #requests, d] instead of [N·T, d]).
+  records the hidden states at the injection point, the arguments each upper layer was called
+  with (mask, rotary tables) and every layer's keys/values. Each step then runs only the layers
+  from the injection point to v_loss_layer, and only on the positions δ can reach — from each
+  row's lookup token on; earlier positions enter through their recorded keys/values, which δ
+  cannot change (causal attention). See `_replay.py`; models it does not recognise fall back to
+  replaying whole rows. Logits are computed only on the scored rows (final norm + LM head on
+  [#targets + #requests, d] instead of [N·T, d]).
 
 Adam is elementwise, so one optimiser over the [b, d] stack updates each row exactly as a
 separate optimiser would; a request that has stopped has its row restored after each update.
@@ -215,6 +217,7 @@ def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, s
         score_pos = score_pos - lookup[score_rows]
         lookup = torch.zeros_like(lookup)
     rows = torch.arange(p.n_rows, device=lookup.device)
+    plain_calls = {i: _without(kv, *calls[i]) for i in calls}  # a replay must not grow the cache
     base = cache["site"] if site == "block" else cache["input"]
     if replay is not None:
         base = replay.gather(base)
@@ -235,7 +238,7 @@ def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, s
                 h = replay.run(h)
             else:
                 for i, module in modules:
-                    args, kwargs = calls[i]
+                    args, kwargs = plain_calls[i]
                     h = _out(module(h, *args, **kwargs))
         lp = torch.log_softmax(logits_at(model, spec, h[score_rows, score_pos]), -1)
         return lp[: len(p.tgt_row)], lp[len(p.tgt_row):], v_base
@@ -243,6 +246,11 @@ def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, s
     res = _optimise(forward, p, spec.hidden_size, model_device(model), cfg, trace)
     res.mode = "full" if replay is None else "suffix"
     return res
+
+
+def _without(obj, args, kwargs):
+    return (tuple(None if a is obj and obj is not None else a for a in args),
+            {k: None if v is obj and obj is not None else v for k, v in kwargs.items()})
 
 
 @torch.no_grad()
