@@ -43,7 +43,8 @@ KEYS_PER_CALL = {576: 4096, 4096: 256}  # a batch of tokens; Llama's acc is 1433
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(names)
     except (OSError, StopIteration):
         return platform.processor()
 
@@ -88,7 +89,8 @@ def bench_second_moment(d_out, d_in, device, reps):
 
     theirs = median_ms(torch_way, device, reps)
     gflop = 2 * n * d_in**2 / 1e9
-    return dict(op="second_moment_", shape=f"N={n} d={d_in}", dtype="f32→f64", ours=ours, theirs=theirs,
+    return dict(op="second_moment_", shape=f"N={n} d={d_in}", dtype="f32→f64", ours=ours,
+                theirs=theirs,
                 achieved=f"{gflop / ours * 1e3:.1f} GFLOP/s", kind="flops")
 
 
@@ -153,7 +155,8 @@ def bench_top_singular(d_out, d_in, device, reps, k=16):
     error = ((S - sv[:k]).abs().max() / sv[0]).item()
     p = min(d_out, d_in, k + max(k, 10))
     gflop = 4 * d_out * d_in * p * iterations_used(a, k) / 1e9
-    return dict(op="top_singular", shape=f"{d_out}x{d_in} k={k}", dtype="f32", ours=ours, theirs=theirs,
+    return dict(op="top_singular", shape=f"{d_out}x{d_in} k={k}", dtype="f32", ours=ours,
+                theirs=theirs,
                 achieved=f"{gflop / ours * 1e3:.1f} GFLOP/s", kind="flops",
                 note=f"error {error:.1e}" + ("; svdvals 1 run" if svd_reps == 1 else ""))
 

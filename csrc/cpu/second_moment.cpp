@@ -2,11 +2,12 @@
 //
 // The Gram matrix is cut into column tiles and only the tile pairs (I, J) with I <= J are
 // computed: this halves the flops, and each off-diagonal tile is added to acc twice (as itself
-// and transposed), which keeps acc's update exactly symmetric. Keys are read in blocks of
-// kBlockRows rows; for each block the tile product K[:, I]^T K[:, J] is formed in float32 by
-// BLAS (at::mm, where all the flops go) and summed into a tile accumulator of acc's dtype. With a
-// float64 acc the float32 rounding is thus confined to sums of at most kBlockRows products, and
-// the error relative to an all-float64 computation does not grow with N.
+// and transposed), so those parts of the update are exact mirror images. Keys are read in
+// blocks of kBlockRows rows; for each block the tile product K[:, I]^T K[:, J] is formed in
+// float32 by BLAS (at::mm, where all the flops go) and summed into a tile accumulator of acc's
+// dtype. With a float64 acc the float32 rounding is thus confined to sums of at most
+// kBlockRows products, and the error relative to an all-float64 computation does not grow
+// with N.
 //
 // Work is split over (tile pair, segment of blocks) items in one parallel region, each BLAS
 // call single-threaded: many small multithreaded BLAS calls would pay a fork/join each.

@@ -41,8 +41,8 @@ std::pair<at::Tensor, at::Tensor> canonical_signs(const at::Tensor& u, const at:
 
 Triplets top_singular_cpu(const at::Tensor& a, int64_t k, double tol, int64_t max_iter,
                           int64_t seed) {
-  TORCH_CHECK_VALUE(a.dim() == 2 || a.dim() == 3, "top_singular: a must be [m, n] or [b, m, n], got ",
-                    a.sizes());
+  TORCH_CHECK_VALUE(a.dim() == 2 || a.dim() == 3,
+                    "top_singular: a must be [m, n] or [b, m, n], got ", a.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(a.scalar_type()),
                    "top_singular: a must be floating point, got ", a.scalar_type());
   const int64_t m = a.size(-2), n = a.size(-1);

@@ -13,7 +13,8 @@ needs_ext = pytest.mark.skipif(not HAS_EXT, reason="extension not built")
 
 
 def t(*shape, dtype=torch.float32, device="cpu"):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=dtype).to(device)
+    g = torch.Generator().manual_seed(sum(shape))
+    return torch.randn(*shape, generator=g, dtype=dtype).to(device)
 
 
 ACC = t(4, 4, dtype=torch.float64)
@@ -24,7 +25,8 @@ INVALID = [
     # second_moment_
     (lambda: ops.second_moment_([[1.0]], KEYS), TypeError, "acc must be a torch.Tensor"),
     (lambda: ops.second_moment_(t(4, dtype=torch.float64), KEYS), ValueError, "acc must be 2-D"),
-    (lambda: ops.second_moment_(t(4, 3, dtype=torch.float64), KEYS), ValueError, "acc must be square"),
+    (lambda: ops.second_moment_(t(4, 3, dtype=torch.float64), KEYS), ValueError,
+     "acc must be square"),
     (lambda: ops.second_moment_(t(4, 4, dtype=torch.bfloat16), KEYS), TypeError, "acc has dtype"),
     (lambda: ops.second_moment_(ACC.clone(), KEYS.double()), TypeError, "keys has dtype"),
     (lambda: ops.second_moment_(ACC.clone(), t(2, 6, 4)), ValueError, "keys must be 2-D"),
@@ -46,12 +48,14 @@ INVALID = [
     (lambda: ops.rank_update_(W.int(), U, V), TypeError, "weight has dtype"),
     (lambda: ops.rank_update_(W.clone(), U, t(5, 3)), ValueError, "same rank k"),
     (lambda: ops.rank_update_(W.clone(), t(5, 2), t(3, 2)), ValueError, "pass transposed=True"),
-    (lambda: ops.rank_update_(W.clone(), U, V, transposed=True), ValueError, r"\(transposed=True\)"),
+    (lambda: ops.rank_update_(W.clone(), U, V, transposed=True), ValueError,
+     r"\(transposed=True\)"),
     (lambda: ops.rank_update_(W.clone(), U, V, float("nan")), ValueError, "alpha must be finite"),
     (lambda: ops.rank_update_(W.clone(), U, V, float("inf")), ValueError, "alpha must be finite"),
     (lambda: ops.rank_update_(W.clone(), U, V, "2"), TypeError, "alpha must be a real number"),
     (lambda: ops.rank_update_(W.clone(), U, V, True), TypeError, "alpha must be a real number"),
-    (lambda: ops.rank_update_(W.clone(), U, V, transposed=1), TypeError, "transposed must be a bool"),
+    (lambda: ops.rank_update_(W.clone(), U, V, transposed=1), TypeError,
+     "transposed must be a bool"),
     (lambda: ops.rank_update_(torch.zeros(1, 5).expand(3, 5), U, V), ValueError, "overlapping"),
     (lambda: ops.rank_update_(W.clone(), U.to("meta"), V), ValueError, "u is on meta"),
     (lambda: ops.rank_update_list_([W.clone()], [U], [V], [1.0, 2.0]), ValueError,

@@ -83,8 +83,8 @@ def check_update(impl, device, m, n, k, w_dtype, transposed, seed, layout="conti
     assert bool((err <= bound).all()), f"max err/bound {(err / bound).max().item():.3g}"
     if base_before is not None:  # entries of the underlying buffer outside the view untouched
         mask = torch.ones_like(base_before, dtype=torch.bool)
-        view_of_mask = mask.as_strided(w.shape, w.stride(), w.storage_offset() - w._base.storage_offset())
-        view_of_mask.fill_(False)
+        offset = w.storage_offset() - w._base.storage_offset()
+        mask.as_strided(w.shape, w.stride(), offset).fill_(False)
         assert torch.equal(w._base[mask], base_before[mask])
 
     assert stats.dtype == torch.float64 and stats.shape == (3,)

@@ -112,7 +112,8 @@ def test_no_keys_is_a_no_op(impl):
 
 def test_list_form(impl):
     accs = [make_acc(d, dt, "cpu", d) for d, dt in [(5, torch.float64), (300, torch.float32)]]
-    keys = [make_keys(40, 5, torch.bfloat16, "cpu", 1), make_keys(600, 300, torch.float32, "cpu", 2)]
+    keys = [make_keys(40, 5, torch.bfloat16, "cpu", 1),
+            make_keys(600, 300, torch.float32, "cpu", 2)]
     weights = [torch.rand(40, dtype=torch.float64), None]
     before = [a.clone() for a in accs]
     impl.second_moment_list_(accs, keys, weights)
@@ -122,6 +123,24 @@ def test_list_form(impl):
         err = (a.double() - a0.double() - kw64.T @ k64).abs()
         # The float32 bound (n terms) covers both layers and both implementations.
         assert bool((err <= error_bound(a0, k, w, torch.float32, False)).all())
+
+
+@pytest.mark.skipif(not HAS_EXT, reason="extension not built")
+@pytest.mark.parametrize("n,d", [(2000, 300), (300, 1300)])  # blocks split over items; 21 pairs
+def test_same_bits_for_any_thread_count(n, d):
+    keys = make_keys(n, d, torch.bfloat16, "cpu", 4)
+    weights = torch.rand(n, generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            acc = make_acc(d, torch.float64, "cpu", 4)
+            torch.ops.seqedit.second_moment_(acc, keys, weights)
+            results.append(acc)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r, results[0]) for r in results[1:])
 
 
 @pytest.mark.skipif(not HAS_EXT, reason="extension not built")

@@ -23,6 +23,17 @@ SEED = 0  # the op's fixed seed, as ops.top_singular passes it
 MAX_ITER = ops.DEFAULT_MAX_ITER
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """top_singular has no threading of its own (only ATen calls on small matrices here). On a
+    shared 2-core machine the OpenMP fork/join around each tiny BLAS/LAPACK call was measured at
+    ~200x the work itself, so these tests run single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def compute_eps(dtype):
     return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
 
