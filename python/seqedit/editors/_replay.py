@@ -37,9 +37,8 @@ class _PrefixKV:
 
 
 class SuffixReplay:
-    def __init__(self, layers, calls, slot_pos, slots, kv, cache_name):
+    def __init__(self, layers, slot_pos, slots, kv, cache_name):
         self.layers = layers  # [(index, module, bound kwargs with the suffix mask/positions)]
-        self.calls = calls
         self.slot_pos = slot_pos  # [N, Q] the position each query slot reads (clamped into the row)
         self.slots = slots
         self.kv = kv
@@ -82,7 +81,7 @@ class SuffixReplay:
             if named is None:
                 return None
             layers.append((i, module, named))
-        return cls(layers, calls, slot_pos, slots, kv, cache_name)
+        return cls(layers, slot_pos, slots, kv, cache_name)
 
     def run(self, h: torch.Tensor) -> torch.Tensor:
         cache = _PrefixKV(self.kv, self.slots)

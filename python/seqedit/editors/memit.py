@@ -42,10 +42,22 @@ class MemitConfig(ValueConfig):
     @classmethod
     def for_model(cls, spec, **overrides):
         defaults = dict(layers=tuple(spec.default_edit_layers()), v_loss_layer=spec.num_layers - 1,
-                        clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec))
+                        clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec),
+                        mom2_update_weight=mom2_weight_for(spec))
         if "layers" in overrides:
             overrides = {**overrides, "layers": tuple(overrides["layers"])}
         return cls._build(spec, defaults, overrides)
+
+
+def mom2_weight_for(spec) -> float:
+    """λ proportional to the key width, anchored at Llama-2-7B's 15000 for d_in = 11008.
+
+    A layer writes the fraction s/(λ + s) of its residual, s = kᵀC⁻¹k, and s grows like d_in
+    (E[kᵀC⁻¹k] = d_in for keys distributed like C; edit keys measure 1-4·d_in on SmolLM2). A
+    fixed 15000 on a d_in = 1536 model writes ~10-30% per layer and edits fail; scaling keeps
+    the regime the upstream configs were tuned in.
+    """
+    return float(round(15000.0 * spec.mlp_hidden_size / 11008))
 
 
 def layer_loop(model, requests, ctx: EditContext, cfg, solve):
