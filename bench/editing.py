@@ -51,6 +51,7 @@ def apply(model, delta) -> None:
 
 def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, overrides: dict):
     _, config_cls = editors.EDITORS[method]
+    overrides = {k: v for k, v in overrides.items() if k in config_cls.__dataclass_fields__}
     if "fast" in config_cls.__dataclass_fields__:
         overrides = {**overrides, "fast": fast}
     elif not fast:
@@ -71,7 +72,8 @@ def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, ove
         apply(model, delta)
         editor.commit(delta)
         eff.append(efficacy(model, tokenizer, request))
-        steps.append(sum(delta.info.get("steps", [0])))
+        s = delta.info.get("steps", 0)  # per request for value-optimising editors, one number for FT
+        steps.append(sum(s) if isinstance(s, list) else s)
     n = len(requests)
     return {"wall": sum(wall) / n, "cpu": sum(cpu) / n, "eff": sum(eff) / n, "steps": sum(steps) / n}
 
