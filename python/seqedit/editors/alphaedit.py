@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import values as _values
 from .base import Delta, EditContext
 from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
-from .memit import layer_loop, value_info
+from .memit import layer_loop
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class AlphaEditEditor:
             return torch.linalg.solve(m, p @ k)
 
         deltas, keys, res = layer_loop(model, requests, ctx, cfg, solve)
-        info = value_info(res, sorted(cfg.layers)) | {
+        info = _values.value_info(res, sorted(cfg.layers)) | {
             "null_dims": {str(l): _rank(self._projectors[l]) for l in sorted(cfg.layers)},
             "past_edits": self._committed,
         }

@@ -89,18 +89,6 @@ def layer_loop(model, requests, ctx: EditContext, cfg, solve):
     return deltas, used_keys, res
 
 
-def value_info(res, layers) -> dict:
-    return {
-        "layers": list(layers),
-        "steps": res.steps,
-        "p_first": res.p_first,
-        "p_last": res.p_last,
-        "loss": res.loss,
-        "delta_norm": [float(x) for x in res.delta.norm(dim=1)],
-        "v_init_norm": [float(x) for x in res.v_init.norm(dim=1)],
-    }
-
-
 def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
     """a⁻¹b for symmetric positive definite `a` (float64); non-finite input gives a NaN result
     (which Delta.is_finite reports) instead of an exception deep inside LAPACK."""
@@ -134,6 +122,6 @@ class MemitEditor(StatelessEditor):
             return cholesky_solve(a, k, f"λ·C + KKᵀ at layer {layer}")
 
         deltas, keys, res = layer_loop(model, requests, ctx, cfg, solve)
-        info = value_info(res, sorted(cfg.layers)) | {"mom2_update_weight": cfg.mom2_update_weight}
+        info = _values.value_info(res, sorted(cfg.layers)) | {"mom2_update_weight": cfg.mom2_update_weight}
         # MEMIT needs no state, but its keys are what history-keeping guards (D4S) accumulate.
         return Delta(self.name, deltas, keys, info)

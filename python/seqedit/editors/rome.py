@@ -70,16 +70,7 @@ class RomeEditor(StatelessEditor):
         r = (res.v_star[0].double() - current) / (k_p @ u)
         name = spec.mlp_out_weight_name(layer)
         ld = LayerDelta(name, r.float()[:, None].cpu(), u.float()[:, None].cpu(), bool(spec.mlp_out_transposed))
-        info = {
-            "layers": [layer],
-            "steps": res.steps,
-            "p_first": res.p_first,
-            "p_last": res.p_last,
-            "loss": res.loss,
-            "delta_norm": [float(x) for x in res.delta.norm(dim=1)],
-            "v_init_norm": [float(x) for x in res.v_init.norm(dim=1)],
-            "fixed_key": cfg.fixed_key,
-        }
+        info = _values.value_info(res, [layer]) | {"fixed_key": cfg.fixed_key}
         return Delta(self.name, [ld], {}, info)
 
 

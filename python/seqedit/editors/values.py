@@ -335,3 +335,16 @@ def _stack(results: list[ValueResult]) -> ValueResult:
     lists = lambda name: [x for r in results for x in getattr(r, name)]  # noqa: E731
     return ValueResult(cat("v_star"), cat("v_init"), cat("delta"), lists("steps"), lists("p_first"),
                        lists("p_last"), lists("loss"), lists("trajectory"))
+
+
+def value_info(res, layers) -> dict:
+    """Provenance of a target-value optimisation for `Delta.info` (shared by every editor)."""
+    return {
+        "layers": list(layers),
+        "steps": res.steps,
+        "p_first": res.p_first,
+        "p_last": res.p_last,
+        "loss": res.loss,
+        "delta_norm": [float(x) for x in res.delta.norm(dim=1)],
+        "v_init_norm": [float(x) for x in res.v_init.norm(dim=1)],
+    }
