@@ -579,9 +579,9 @@ void second_moment_one(const at::Tensor& acc, const at::Tensor& keys_in,
   if (!direct) acc.add_(scratch);
 }
 
-// The C++ signatures must be exactly those of the CPU kernels (acc by value here): the
+// The C++ signatures must be exactly those of the CPU kernels (docs/contracts.md): the
 // dispatcher refuses two kernels of one operator with different unboxed signatures.
-void second_moment_cuda(at::Tensor acc, const at::Tensor& keys,
+void second_moment_cuda(const at::Tensor& acc, const at::Tensor& keys,
                         const std::optional<at::Tensor>& weights) {
   second_moment_one(acc, keys, weights);
 }
