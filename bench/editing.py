@@ -3,6 +3,8 @@
     python bench/editing.py                       # SmolLM2-135M, 20 CounterFact edits, ROME and MEMIT
     python bench/editing.py --n 100 --methods rome,memit,alphaedit
     python bench/editing.py --quick               # tiny random Llama, seconds (mechanics only)
+    python bench/editing.py --model gemma3-270m --n 100 --reference-n 0 --methods rome,memit,alphaedit \
+        --log gemma.jsonl                          # efficacy of the defaults on the first 100 records
 
 Each method edits the first N records of the CounterFact edit split one at a time, applying every
 Delta before the next edit (sequential), twice: once with the default (fast) value optimisation
@@ -18,6 +20,7 @@ cached on disk).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -49,7 +52,7 @@ def apply(model, delta) -> None:
             ops.rank_update_(params[ld.name], ld.u, ld.v, transposed=ld.transposed)
 
 
-def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, overrides: dict):
+def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, overrides: dict, log=None):
     _, config_cls = editors.EDITORS[method]
     overrides = {k: v for k, v in overrides.items() if k in config_cls.__dataclass_fields__}
     if "fast" in config_cls.__dataclass_fields__:
@@ -74,54 +77,81 @@ def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, ove
         eff.append(efficacy(model, tokenizer, request))
         s = delta.info.get("steps", 0)  # per request for value-optimising editors, one number for FT
         steps.append(sum(s) if isinstance(s, list) else s)
-    n = len(requests)
-    return {"wall": sum(wall) / n, "cpu": sum(cpu) / n, "eff": sum(eff) / n, "steps": sum(steps) / n}
+        if log is not None:
+            log({"method": method, "path": "ours" if fast else "reference", "i": len(eff) - 1,
+                 "case_id": request.case_id, "wall": wall[-1], "cpu": cpu[-1], "efficacy": eff[-1],
+                 "steps": steps[-1]})
+    return {"wall": wall, "cpu": cpu, "eff": eff, "steps": steps}
+
+
+def mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20, help="sequential edits per method and path")
+    ap.add_argument("--n", type=int, default=20, help="sequential edits per method on our path")
+    ap.add_argument("--reference-n", type=int, default=None,
+                    help="sequential edits on the reference path (default: --n; 0 skips it); the "
+                         "speed-up compares the first min(n, reference-n) edits of both")
     ap.add_argument("--methods", default="rome,memit", help="comma-separated editor names")
-    ap.add_argument("--quick", action="store_true", help="tiny random Llama instead of SmolLM2-135M")
+    ap.add_argument("--model", default="smollm2-135m", help="a packaged model name (see seqedit.models.load)")
+    ap.add_argument("--quick", action="store_true", help="tiny random Llama instead of a packaged model")
     ap.add_argument("--stats-tokens", type=int, default=20000, help="token budget of the key statistics")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--log", default=None, help="append one JSON line per edit to this file")
     args = ap.parse_args(argv)
+    ref_n = args.n if args.reference_n is None else args.reference_n
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         model, tokenizer = tiny("llama", num_layers=6)
         overrides = {"v_num_grad_steps": 10}
+        name = "tiny-llama"
     else:
-        model, tokenizer = load("smollm2-135m")
+        model, tokenizer = load(args.model)
         overrides = {}
+        name = args.model
     spec = model_spec(model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     layers = sorted({*spec.default_edit_layers(), spec.default_rome_layer()})
     stats = second_moments(model, tokenizer, layers, max_tokens=args.stats_tokens, progress=False)
     c = {layer: mom for layer, (mom, _) in stats.items()}
-    requests = data.load("counterfact", limit=args.n)
+    requests = data.load("counterfact", limit=max(args.n, ref_n))
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def log(record):
+        line = json.dumps({"model": name, **record})
+        print(line, flush=True)
+        if args.log:
+            with open(args.log, "a") as f:
+                f.write(line + "\n")
 
     rows = []
     for method in methods:
         res = {}
-        for fast in (True, False):
+        for fast, n in ((True, args.n), (False, ref_n)):
             model.load_state_dict(original)
-            res[fast] = run(model, tokenizer, spec, method, requests, c.__getitem__, fast, overrides)
+            res[fast] = run(model, tokenizer, spec, method, requests[:n], c.__getitem__, fast, overrides, log) if n else None
         rows.append((method, res))
     model.load_state_dict(original)
 
-    name = "tiny-llama" if args.quick else "SmolLM2-135M"
-    print(f"\nSequential editing, {name}, CPU ({torch.get_num_threads()} threads), n={args.n} CounterFact edits")
-    print(f"{'method':<10} {'path':<10} {'s/edit':>8} {'cpu-s/edit':>11} {'efficacy':>9} {'steps':>6} {'speedup':>8}")
+    k = min(args.n, ref_n)
+    print(f"\nSequential editing, {name}, CPU ({torch.get_num_threads()} threads), CounterFact edit split, "
+          f"{args.n} edits on our path, {ref_n} on the reference; s/edit and speed-up over the first {k}")
+    print(f"{'method':<10} {'path':<10} {'edits':>6} {'s/edit':>8} {'cpu-s/edit':>11} {'efficacy':>9} "
+          f"{'eff@' + str(k):>8} {'steps':>6} {'speedup':>8}")
     for method, res in rows:
         for fast in (True, False):
             r = res[fast]
             if r is None:
                 continue
-            speed = res[False]["wall"] / r["wall"] if res[False] else float("nan")
-            print(f"{method:<10} {'ours' if fast else 'reference':<10} {r['wall']:>8.2f} {r['cpu']:>11.2f} "
-                  f"{r['eff']:>9.3f} {r['steps']:>6.1f} {speed:>7.2f}x")
+            head = slice(0, k) if k else slice(None)
+            ref = res[False]
+            speed = mean(ref["wall"][:k]) / mean(r["wall"][:k]) if ref and k else float("nan")
+            print(f"{method:<10} {'ours' if fast else 'reference':<10} {len(r['eff']):>6} {mean(r['wall'][head]):>8.2f} "
+                  f"{mean(r['cpu'][head]):>11.2f} {mean(r['eff']):>9.3f} {mean(r['eff'][:k]):>8.3f} "
+                  f"{mean(r['steps']):>6.1f} {speed:>7.2f}x")
 
 
 if __name__ == "__main__":
