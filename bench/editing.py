@@ -100,7 +100,11 @@ def main(argv=None) -> None:
     ap.add_argument("--stats-tokens", type=int, default=20000, help="token budget of the key statistics")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--log", default=None, help="append one JSON line per edit to this file")
+    ap.add_argument("--from-log", default=None, help="only print the table of an earlier --log file")
     args = ap.parse_args(argv)
+    if args.from_log:
+        table_from_log(args.from_log)
+        return
     ref_n = args.n if args.reference_n is None else args.reference_n
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,22 +140,40 @@ def main(argv=None) -> None:
         rows.append((method, res))
     model.load_state_dict(original)
 
-    k = min(args.n, ref_n)
-    print(f"\nSequential editing, {name}, CPU ({torch.get_num_threads()} threads), CounterFact edit split, "
-          f"{args.n} edits on our path, {ref_n} on the reference; s/edit and speed-up over the first {k}")
-    print(f"{'method':<10} {'path':<10} {'edits':>6} {'s/edit':>8} {'cpu-s/edit':>11} {'efficacy':>9} "
-          f"{'eff@' + str(k):>8} {'steps':>6} {'speedup':>8}")
+    print_table(rows, name, torch.get_num_threads())
+
+
+def print_table(rows, name: str, threads) -> None:
+    """rows: [(method, {True: ours, False: reference})], each a dict of per-edit lists or None.
+    s/edit and the speed-up cover the first k edits, k = the shorter of the two runs."""
+    print(f"\nSequential editing, {name}, CPU ({threads} threads), first CounterFact edit records; "
+          "s/edit and speed-up over the first k edits of both paths")
+    print(f"{'method':<10} {'path':<10} {'edits':>6} {'k':>4} {'s/edit':>8} {'cpu-s/edit':>11} "
+          f"{'efficacy':>9} {'eff@k':>6} {'steps':>6} {'speedup':>8}")
     for method, res in rows:
-        for fast in (True, False):
-            r = res[fast]
-            if r is None:
+        ours, ref = res.get(True), res.get(False)
+        k = min(len(ours["eff"]), len(ref["eff"])) if ours and ref else None
+        for fast, r in ((True, ours), (False, ref)):
+            if not r:
                 continue
-            head = slice(0, k) if k else slice(None)
-            ref = res[False]
-            speed = mean(ref["wall"][:k]) / mean(r["wall"][:k]) if ref and k else float("nan")
-            print(f"{method:<10} {'ours' if fast else 'reference':<10} {len(r['eff']):>6} {mean(r['wall'][head]):>8.2f} "
-                  f"{mean(r['cpu'][head]):>11.2f} {mean(r['eff']):>9.3f} {mean(r['eff'][:k]):>8.3f} "
-                  f"{mean(r['steps']):>6.1f} {speed:>7.2f}x")
+            head = slice(0, k)
+            speed = mean(ref["wall"][:k]) / mean(r["wall"][:k]) if k else float("nan")
+            print(f"{method:<10} {'ours' if fast else 'reference':<10} {len(r['eff']):>6} {k or '-':>4} "
+                  f"{mean(r['wall'][head]):>8.2f} {mean(r['cpu'][head]):>11.2f} {mean(r['eff']):>9.3f} "
+                  f"{mean(r['eff'][head]):>6.3f} {mean(r['steps']):>6.1f} {speed:>7.2f}x")
+
+
+def table_from_log(path: str) -> None:
+    """Print the table of a --log file (also of a run that was stopped part-way)."""
+    runs: dict = {}
+    for line in open(path, encoding="utf-8"):
+        rec = json.loads(line)
+        key = (rec["model"], rec["method"])
+        r = runs.setdefault(key, {}).setdefault(rec["path"] == "ours", {"wall": [], "cpu": [], "eff": [], "steps": []})
+        for field, name in (("wall", "wall"), ("cpu", "cpu"), ("eff", "efficacy"), ("steps", "steps")):
+            r[field].append(rec[name])
+    for model in dict.fromkeys(m for m, _ in runs):
+        print_table([(method, res) for (m, method), res in runs.items() if m == model], model, 1)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@
 // Per-tile partial sums are reduced in tile order, so they do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "rank_update_args.h"
 
 #include <algorithm>
 #include <array>
@@ -28,27 +29,6 @@ constexpr int64_t kTileElems = 32768;
 constexpr int64_t kMaxTileCols = 1024;
 
 using Stats = std::array<double, 3>;
-
-void check_args(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
-                double alpha, bool transposed) {
-  TORCH_CHECK_VALUE(weight.dim() == 2, "rank_update_: weight must be 2-D, got ", weight.sizes());
-  TORCH_CHECK_VALUE(u.dim() == 2 && v.dim() == 2 && u.size(1) == v.size(1),
-                    "rank_update_: u and v must be [m, k] and [n, k], got ", u.sizes(), " and ",
-                    v.sizes());
-  const int64_t rows = transposed ? v.size(0) : u.size(0);
-  const int64_t cols = transposed ? u.size(0) : v.size(0);
-  TORCH_CHECK_VALUE(weight.size(0) == rows && weight.size(1) == cols, "rank_update_: weight ",
-                    weight.sizes(), " does not match u ", u.sizes(), " and v ", v.sizes(),
-                    transposed ? " (transposed)" : "");
-  for (const at::Tensor* t : {&weight, &u, &v}) {
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()),
-                     "rank_update_: expected floating point tensors, got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->device() == weight.device(),
-                      "rank_update_: all tensors must be on one device");
-  }
-  TORCH_CHECK_VALUE(std::isfinite(alpha), "rank_update_: alpha must be finite, got ", alpha);
-  at::assert_no_internal_overlap(weight);
-}
 
 bool unit_col_stride(const at::Tensor& t) { return t.size(1) <= 1 || t.stride(1) == 1; }
 
@@ -168,7 +148,7 @@ Stats update_rows(at::Tensor& target, const at::Tensor& a, const at::Tensor& b, 
 
 at::Tensor rank_update_one(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
                            double alpha, bool transposed, bool stats) {
-  check_args(weight, u, v, alpha, transposed);
+  seqedit::check_rank_update_args(weight, u, v, alpha, transposed);
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(weight.device());
   if (u.size(1) == 0 || weight.numel() == 0) {
     if (!stats) return at::empty({0}, f64);
@@ -205,11 +185,12 @@ at::Tensor rank_update_one(const at::Tensor& weight, const at::Tensor& u, const 
 std::vector<at::Tensor> rank_update_list_cpu(at::TensorList weights, at::TensorList us,
                                              at::TensorList vs, at::ArrayRef<double> alphas,
                                              const c10::List<bool>& transposed, bool stats) {
+  seqedit::check_rank_update_list_lengths(weights, us, vs, alphas, transposed);
   const size_t n = weights.size();
-  TORCH_CHECK_VALUE(us.size() == n && vs.size() == n && alphas.size() == n &&
-                        transposed.size() == n,
-                    "rank_update_list_: weights, us, vs, alphas and transposed must have the "
-                    "same length");
+  // Validate every layer before the first one changes.
+  for (size_t i = 0; i < n; ++i) {
+    seqedit::check_rank_update_args(weights[i], us[i], vs[i], alphas[i], transposed.get(i));
+  }
   std::vector<at::Tensor> out;
   out.reserve(n);
   for (size_t i = 0; i < n; ++i) {

@@ -20,13 +20,14 @@
 //   per thread, per block (shuffles) and across blocks by one deterministic ATen sum over the
 //   [blocks, 3] partials; no atomics, so the statistics are reproducible run to run.
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cuda_runtime.h>
+
+#include "rank_update_args.h"
 
 #include <atomic>
 #include <cmath>
@@ -223,27 +224,13 @@ int device_sms(int device) {
   return v;
 }
 
+// The shared checks, plus what this kernel needs: CUDA tensors, 32-bit indexable sizes.
 void check_args(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, double alpha,
                 bool transposed) {
-  TORCH_CHECK_VALUE(weight.dim() == 2, "rank_update_: weight must be 2-D, got ", weight.sizes());
-  TORCH_CHECK_VALUE(u.dim() == 2 && v.dim() == 2 && u.size(1) == v.size(1),
-                    "rank_update_: u and v must be [m, k] and [n, k], got ", u.sizes(), " and ",
-                    v.sizes());
-  const int64_t rows = transposed ? v.size(0) : u.size(0);
-  const int64_t cols = transposed ? u.size(0) : v.size(0);
-  TORCH_CHECK_VALUE(weight.size(0) == rows && weight.size(1) == cols, "rank_update_: weight ",
-                    weight.sizes(), " does not match u ", u.sizes(), " and v ", v.sizes(),
-                    transposed ? " (transposed)" : "");
-  for (const at::Tensor* t : {&weight, &u, &v}) {
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()),
-                     "rank_update_: expected floating point tensors, got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->is_cuda() && t->device() == weight.device(),
-                      "rank_update_: all tensors must be on one CUDA device");
-  }
-  TORCH_CHECK_VALUE(std::isfinite(alpha), "rank_update_: alpha must be finite, got ", alpha);
+  seqedit::check_rank_update_args(weight, u, v, alpha, transposed);
+  TORCH_CHECK_VALUE(weight.is_cuda(), "rank_update_: all tensors must be on one CUDA device");
   TORCH_CHECK_VALUE(weight.size(0) < INT32_MAX && weight.size(1) < INT32_MAX && u.size(1) < INT32_MAX,
                     "rank_update_: dimensions too large");
-  at::assert_no_internal_overlap(weight);
 }
 
 template <typename WT, typename C>
@@ -326,10 +313,8 @@ at::Tensor rank_update_cuda(const at::Tensor& weight, const at::Tensor& u, const
 std::vector<at::Tensor> rank_update_list_cuda(at::TensorList weights, at::TensorList us,
                                               at::TensorList vs, at::ArrayRef<double> alphas,
                                               const c10::List<bool>& transposed, bool stats) {
+  seqedit::check_rank_update_list_lengths(weights, us, vs, alphas, transposed);
   const size_t n = weights.size();
-  TORCH_CHECK_VALUE(us.size() == n && vs.size() == n && alphas.size() == n && transposed.size() == n,
-                    "rank_update_list_: weights, us, vs, alphas and transposed must have the "
-                    "same length");
   // Validate every layer before the first one changes.
   for (size_t i = 0; i < n; ++i) check_args(weights[i], us[i], vs[i], alphas[i], transposed.get(i));
   std::vector<at::Tensor> out;

@@ -158,6 +158,24 @@ def test_list_form(impl):
 
 
 @pytest.mark.skipif(not HAS_EXT, reason="extension not built")
+@pytest.mark.parametrize("bad", ["shape", "alpha"])
+def test_compiled_list_checks_every_layer_before_changing_one(bad):
+    """The kernel itself (not only the Python wrapper) refuses a list with one bad entry whole."""
+    u, v = make_factors(6, 5, 2, torch.float32, "cpu", 0)
+    w0 = make_weight((6, 5), torch.float32, "cpu", 0)
+    w1 = make_weight((6, 5), torch.float32, "cpu", 1)
+    before = (w0.clone(), w1.clone())
+    us, alphas = [u, u], [1.0, 1.0]
+    if bad == "shape":
+        us = [u, u[:4]]
+    else:
+        alphas = [1.0, float("nan")]
+    with pytest.raises(ValueError, match="rank_update_"):
+        torch.ops.seqedit.rank_update_list_([w0, w1], us, [v, v], alphas, [False, False], True)
+    assert torch.equal(w0, before[0]) and torch.equal(w1, before[1])
+
+
+@pytest.mark.skipif(not HAS_EXT, reason="extension not built")
 def test_same_bits_for_any_thread_count():
     threads = torch.get_num_threads()
     u, v = make_factors(300, 2000, 8, torch.float32, "cpu", 0)

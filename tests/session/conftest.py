@@ -1,21 +1,10 @@
-"""Fixtures of the session tests (helpers live in session_helpers.py, importable by name)."""
+"""Fixtures of the session tests (llama/gpt2 in tests/conftest.py; helpers in session_helpers.py)."""
 from __future__ import annotations
 
 import pytest
 from session_helpers import FakeEditor
 
 from seqedit.models import spec as model_spec
-from seqedit.models import tiny
-
-
-@pytest.fixture
-def llama():
-    return tiny("llama", seed=0)
-
-
-@pytest.fixture
-def gpt2():
-    return tiny("gpt2", seed=0)
 
 
 @pytest.fixture

@@ -5,22 +5,11 @@ import pytest
 import torch
 from stats_helpers import make_corpus
 
-from seqedit.models import tiny
 
 
 @pytest.fixture(scope="session")
 def corpus() -> list[str]:
     return make_corpus()
-
-
-@pytest.fixture
-def llama():
-    return tiny("llama", seed=0)
-
-
-@pytest.fixture
-def gpt2():
-    return tiny("gpt2", seed=0)
 
 
 @pytest.fixture(autouse=True)
