@@ -77,3 +77,25 @@ def test_not_positive_definite_is_a_clear_error(llama, requests_):
     neg = {layer: -c for layer, c in llama.c.items()}
     with pytest.raises(ValueError, match="positive definite"):
         ed.compute(llama.model, requests_[:1], llama.ctx(c=neg))
+
+
+def test_target_gap_reports_how_close_the_written_update_gets(llama, requests_):
+    """info["target_gap"] = ‖z − H‖/‖z − H₀‖ on the bare prompt once the weights hold the update."""
+    import copy
+
+    from seqedit.editors import values
+
+    ed = editors.create("memit", llama.spec, **FAST)
+    ctx = llama.ctx()
+    delta = ed.compute(llama.model, requests_[:2], ctx)
+    z_layer = sorted(ed.config.layers)[-1]
+    templates = keys.context_templates(llama.model, llama.tokenizer, ctx)
+    res = values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:2], templates,
+                               layer=z_layer, site="block", cfg=ed.config)
+    edited = copy.deepcopy(llama.model)
+    apply_delta(edited, delta)
+    h = keys.compute_keys(edited, llama.spec, llama.tokenizer, requests_[:2], templates, [z_layer],
+                          blocks=[z_layer])[("bare_block", z_layer)]
+    expect = (res.v_star - h).norm(dim=1) / res.delta.norm(dim=1)
+    assert delta.info["target_gap"] == pytest.approx(expect.tolist(), rel=1e-3, abs=1e-4)
+    assert all(0 <= g < 1 for g in delta.info["target_gap"])  # the update moved towards z

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import values as _values
 from .base import Delta, EditContext
 from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
 from .memit import layer_loop
@@ -94,11 +93,9 @@ class AlphaEditEditor:
                 return torch.full_like(k, float("nan"))
             return torch.linalg.solve(m, p @ k)
 
-        deltas, keys, res = layer_loop(model, requests, ctx, cfg, solve)
-        info = _values.value_info(res, sorted(cfg.layers)) | {
-            "null_dims": {str(l): _rank(self._projectors[l]) for l in sorted(cfg.layers)},
-            "past_edits": self._committed,
-        }
+        deltas, keys, info = layer_loop(model, requests, ctx, cfg, solve)
+        info |= {"null_dims": {str(l): _rank(self._projectors[l]) for l in sorted(cfg.layers)},
+                 "past_edits": self._committed}
         return Delta(self.name, deltas, keys, info)
 
     def commit(self, delta: Delta) -> None:

@@ -16,6 +16,7 @@ layout, and avoid writing d_out×d_in matrices twice per layer.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ from . import keys as _keys
 from . import values as _values
 from .base import Delta, EditContext, LayerDelta, StatelessEditor
 from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
+
+log = logging.getLogger("seqedit.editors")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,13 @@ def layer_loop(model, requests, ctx: EditContext, cfg, solve):
     """The MEMIT skeleton shared with AlphaEdit.
 
     `solve(layer, K, R)` gets float64 keys [d_in, b] and the spread residual [d_out, b] and
-    returns V [d_in, b] with Δ = R Vᵀ. Returns (LayerDeltas, keys per weight name, value result).
+    returns V [d_in, b] with Δ = R Vᵀ. Returns (LayerDeltas, keys per weight name, info).
+
+    info["target_gap"]: per request, ‖z − H‖/‖z − v_init‖ after all layers' updates, H the last
+    edited layer's output on the bare prompt (one extra forward). Near 0: the layers wrote their
+    target; above 1: the update moved the hidden state *away* from it, which MEMIT's linear
+    spreading does on blocks that normalise the MLP output before the residual add (Gemma-2/3).
+    Such an edit may still flip the prediction, by wrecking the hidden state; it is logged.
     """
     spec, tok = ctx.spec, ctx.tokenizer
     layers = sorted(cfg.layers)
@@ -86,7 +95,15 @@ def layer_loop(model, requests, ctx: EditContext, cfg, solve):
         name = spec.mlp_out_weight_name(layer)
         deltas.append(LayerDelta(name, u32.cpu(), v32.cpu(), bool(spec.mlp_out_transposed)))
         used_keys[name] = k.float().cpu()
-    return deltas, used_keys, res
+    with _keys.added_deltas(model, spec, factors):
+        bare = _keys.compute_keys(model, spec, tok, requests, (("{}",),), [], blocks=[z_layer])
+    gap = (z - bare[("bare_block", z_layer)].double()).norm(dim=1) / res.delta.double().norm(dim=1)
+    gap = [float(g) for g in gap]
+    if any(g > 1 for g in gap):
+        log.warning("%s: the update moved layer %d's output away from its target (gap ratio %s); "
+                    "this model's blocks may not suit MEMIT-style spreading", cfg.__class__.__name__,
+                    z_layer, ", ".join(f"{g:.2f}" for g in gap))
+    return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap}
 
 
 def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
@@ -121,7 +138,7 @@ class MemitEditor(StatelessEditor):
             a = cfg.mom2_update_weight * c + k @ k.T
             return cholesky_solve(a, k, f"λ·C + KKᵀ at layer {layer}")
 
-        deltas, keys, res = layer_loop(model, requests, ctx, cfg, solve)
-        info = _values.value_info(res, sorted(cfg.layers)) | {"mom2_update_weight": cfg.mom2_update_weight}
+        deltas, keys, info = layer_loop(model, requests, ctx, cfg, solve)
+        info["mom2_update_weight"] = cfg.mom2_update_weight
         # MEMIT needs no state, but its keys are what history-keeping guards (D4S) accumulate.
         return Delta(self.name, deltas, keys, info)
