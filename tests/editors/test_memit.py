@@ -1,12 +1,14 @@
 """MEMIT: normal equations per layer, residual spreading, purity, batches."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from editor_helpers import FAST, apply_delta, weights_digest
 
 from seqedit import editors
-from seqedit.editors import keys
+from seqedit.editors import keys, values
 
 
 def test_shapes_orientation_and_purity(any_tiny, requests_):
@@ -37,16 +39,22 @@ def test_normal_equations(any_tiny, requests_):
         assert torch.allclose(lhs, rhs, rtol=1e-4, atol=1e-4 * float(rhs.abs().max()))
 
 
+def _memit_with_target(t, requests):
+    """(editor, delta, z layer, templates, target-value result) of one MEMIT compute on `t`."""
+    ed = editors.create("memit", t.spec, **FAST)
+    ctx = t.ctx()
+    delta = ed.compute(t.model, requests, ctx)
+    z_layer = sorted(ed.config.layers)[-1]
+    templates = keys.context_templates(t.model, t.tokenizer, ctx)
+    res = values.target_values(t.model, t.spec, t.tokenizer, requests, templates, layer=z_layer,
+                               site="block", cfg=ed.config)
+    return ed, delta, z_layer, templates, res
+
+
 def test_residual_is_spread_over_remaining_layers(llama, requests_):
     """The last layer receives the whole remaining residual: u_last = Z − H_last."""
-    ed = editors.create("memit", llama.spec, **FAST)
-    ctx = llama.ctx()
-    delta = ed.compute(llama.model, requests_[:1], ctx)
-    z_layer = sorted(ed.config.layers)[-1]
-    templates = keys.context_templates(llama.model, llama.tokenizer, ctx)
-    from seqedit.editors import values
-    z = values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:1], templates,
-                             layer=z_layer, site="block", cfg=ed.config).v_star
+    ed, delta, z_layer, templates, res = _memit_with_target(llama, requests_[:1])
+    z = res.v_star
     # First layer: the residual on the unedited model divided by |L|.
     h0 = keys.compute_keys(llama.model, llama.spec, llama.tokenizer, requests_[:1], templates, [z_layer],
                            blocks=[z_layer])[("bare_block", z_layer)]
@@ -81,17 +89,7 @@ def test_not_positive_definite_is_a_clear_error(llama, requests_):
 
 def test_target_gap_reports_how_close_the_written_update_gets(llama, requests_):
     """info["target_gap"] = ‖z − H‖/‖z − H₀‖ on the bare prompt once the weights hold the update."""
-    import copy
-
-    from seqedit.editors import values
-
-    ed = editors.create("memit", llama.spec, **FAST)
-    ctx = llama.ctx()
-    delta = ed.compute(llama.model, requests_[:2], ctx)
-    z_layer = sorted(ed.config.layers)[-1]
-    templates = keys.context_templates(llama.model, llama.tokenizer, ctx)
-    res = values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:2], templates,
-                               layer=z_layer, site="block", cfg=ed.config)
+    _, delta, z_layer, templates, res = _memit_with_target(llama, requests_[:2])
     edited = copy.deepcopy(llama.model)
     apply_delta(edited, delta)
     h = keys.compute_keys(edited, llama.spec, llama.tokenizer, requests_[:2], templates, [z_layer],
