@@ -3,6 +3,7 @@
     python bench/editing.py                       # SmolLM2-135M, 20 CounterFact edits, ROME and MEMIT
     python bench/editing.py --n 100 --methods rome,memit,alphaedit
     python bench/editing.py --quick               # tiny random Llama, seconds (mechanics only)
+    python bench/editing.py --paired --n 10       # both paths edit by edit: fair on a busy machine
     python bench/editing.py --model gemma3-270m --n 100 --reference-n 0 --methods rome,memit,alphaedit \
         --log gemma.jsonl                          # efficacy of the defaults on the first 100 records
 
@@ -20,6 +21,7 @@ cached on disk).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -52,36 +54,70 @@ def apply(model, delta) -> None:
             ops.rank_update_(params[ld.name], ld.u, ld.v, transposed=ld.transposed)
 
 
-def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, overrides: dict, log=None):
-    _, config_cls = editors.EDITORS[method]
-    overrides = {k: v for k, v in overrides.items() if k in config_cls.__dataclass_fields__}
-    if "fast" in config_cls.__dataclass_fields__:
-        overrides = {**overrides, "fast": fast}
-    elif not fast:
-        return None  # no value optimisation, so no reference path (FT)
-    editor = editors.create(method, spec, **overrides)
-    ctx = EditContext(tokenizer, spec, second_moment=second_moment, seed=0)
-    if hasattr(editor.config, "context_template_starts"):  # generated once per session: untimed
-        editor_keys.context_templates(model, tokenizer, ctx, starts=editor.config.context_template_starts,
-                                      length=editor.config.context_template_length)
-    wall, cpu, eff, steps = [], [], [], []
-    for request in requests:
+class Runner:
+    """One editing path (ours or the reference) on its own model: `step(request)` edits, applies,
+    commits and measures; `results` collects per-edit lists."""
+
+    def __init__(self, model, tokenizer, spec, method, second_moment, fast: bool, overrides: dict):
+        _, config_cls = editors.EDITORS[method]
+        overrides = {k: v for k, v in overrides.items() if k in config_cls.__dataclass_fields__}
+        if "fast" in config_cls.__dataclass_fields__:
+            overrides = {**overrides, "fast": fast}
+        self.model, self.tokenizer, self.method, self.fast = model, tokenizer, method, fast
+        self.editor = editors.create(method, spec, **overrides)
+        self.ctx = EditContext(tokenizer, spec, second_moment=second_moment, seed=0)
+        cfg = self.editor.config
+        if hasattr(cfg, "context_template_starts"):  # generated once per session: untimed
+            editor_keys.context_templates(model, tokenizer, self.ctx, starts=cfg.context_template_starts,
+                                          length=cfg.context_template_length)
+        self.results = {"wall": [], "cpu": [], "eff": [], "steps": []}
+
+    def step(self, request) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
-        delta = editor.compute(model, [request], ctx)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+        delta = self.editor.compute(self.model, [request], self.ctx)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if not delta.is_finite():
-            raise RuntimeError(f"{method}: non-finite delta ({delta.non_finite_reason()})")
-        apply(model, delta)
-        editor.commit(delta)
-        eff.append(efficacy(model, tokenizer, request))
+            raise RuntimeError(f"{self.method}: non-finite delta ({delta.non_finite_reason()})")
+        apply(self.model, delta)
+        self.editor.commit(delta)
+        eff = efficacy(self.model, self.tokenizer, request)
         s = delta.info.get("steps", 0)  # per request for value-optimising editors, one number for FT
-        steps.append(sum(s) if isinstance(s, list) else s)
+        steps = sum(s) if isinstance(s, list) else s
+        for key, value in (("wall", wall), ("cpu", cpu), ("eff", eff), ("steps", steps)):
+            self.results[key].append(value)
+        return {"method": self.method, "path": "ours" if self.fast else "reference",
+                "i": len(self.results["eff"]) - 1, "case_id": request.case_id, "wall": wall, "cpu": cpu,
+                "efficacy": eff, "steps": steps}
+
+
+def has_reference(method) -> bool:
+    """FT optimises no target value, so it has no reference path."""
+    return "fast" in editors.EDITORS[method][1].__dataclass_fields__
+
+
+def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, overrides: dict, log=None):
+    """One path, every request in turn (sequential: each edit applied before the next)."""
+    if not fast and not has_reference(method):
+        return None
+    runner = Runner(model, tokenizer, spec, method, second_moment, fast, overrides)
+    for request in requests:
+        record = runner.step(request)
         if log is not None:
-            log({"method": method, "path": "ours" if fast else "reference", "i": len(eff) - 1,
-                 "case_id": request.case_id, "wall": wall[-1], "cpu": cpu[-1], "efficacy": eff[-1],
-                 "steps": steps[-1]})
-    return {"wall": wall, "cpu": cpu, "eff": eff, "steps": steps}
+            log(record)
+    return runner.results
+
+
+def run_paired(models, tokenizer, spec, method, requests, second_moment, overrides: dict, log=None):
+    """Both paths, each on its own model copy, alternating edit by edit (ours first on even edits),
+    so both see the same machine load: the fair ratio on a shared machine."""
+    runners = [Runner(m, tokenizer, spec, method, second_moment, fast, overrides)
+               for m, fast in zip(models, (True, False))]
+    for i, request in enumerate(requests):
+        for runner in (runners if i % 2 == 0 else runners[::-1]):
+            record = runner.step(request)
+            if log is not None:
+                log(record)
+    return {True: runners[0].results, False: runners[1].results}
 
 
 def mean(xs) -> float:
@@ -99,6 +135,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny random Llama instead of a packaged model")
     ap.add_argument("--stats-tokens", type=int, default=20000, help="token budget of the key statistics")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--paired", action="store_true",
+                    help="run both paths edit by edit, alternating, each on its own model copy (--n edits)")
     ap.add_argument("--log", default=None, help="append one JSON line per edit to this file")
     ap.add_argument("--from-log", default=None, help="only print the table of an earlier --log file")
     args = ap.parse_args(argv)
@@ -134,9 +172,15 @@ def main(argv=None) -> None:
     rows = []
     for method in methods:
         res = {}
-        for fast, n in ((True, args.n), (False, ref_n)):
+        if args.paired and has_reference(method):
             model.load_state_dict(original)
-            res[fast] = run(model, tokenizer, spec, method, requests[:n], c.__getitem__, fast, overrides, log) if n else None
+            copies = (model, copy.deepcopy(model))
+            res = run_paired(copies, tokenizer, spec, method, requests[:args.n], c.__getitem__, overrides, log)
+            del copies
+        else:
+            for fast, n in ((True, args.n), (False, ref_n)):
+                model.load_state_dict(original)
+                res[fast] = run(model, tokenizer, spec, method, requests[:n], c.__getitem__, fast, overrides, log) if n else None
         rows.append((method, res))
     model.load_state_dict(original)
 
