@@ -13,7 +13,8 @@ and once with `fast=False`, the reference path — a full forward per optimisati
 request at a time, with a hook adding δ, as existing tools do. Everything else (keys, solves,
 templates) is shared, so the ratio is the ratio of the editors as a whole. Both runs start from
 the same weights. Efficacy is measured right after each edit: P(target_new) > P(target_true) by
-mean per-token NLL on the filled prompt (teacher forcing). Seconds per edit count `compute` only
+mean per-token NLL on the filled prompt (teacher forcing), the session's own probe
+(`seqedit.session.probe`); every Delta is applied with the session's fused update. Seconds per edit count `compute` only
 (not the evaluation); process CPU seconds are given too — on a shared machine they are the
 steadier number. Key statistics come from `seqedit.stats.second_moments` (small token budget,
 cached on disk).
@@ -27,31 +28,13 @@ import time
 
 import torch
 
-from seqedit import data, editors, ops
-from seqedit.editors import EditContext, _text
+from seqedit import data, editors
+from seqedit.editors import EditContext
 from seqedit.editors import keys as editor_keys
 from seqedit.models import load, spec as model_spec, tiny
+from seqedit.session.checks import apply_delta
+from seqedit.session.probe import request_probabilities, success
 from seqedit.stats import second_moments
-
-
-@torch.no_grad()
-def efficacy(model, tokenizer, request) -> float:
-    """1.0 if the mean per-token NLL of target_new is below that of target_true."""
-    nll = []
-    for target in (request.target_new, request.target_true):
-        t_ids = _text.target_ids(tokenizer, target)
-        (row,) = _text.encode_rows(tokenizer, [_text.fill("{}", request.prompt, request.subject)], [t_ids])
-        logits = model(input_ids=torch.tensor([row.ids]), use_cache=False).logits[0].float()
-        lp = torch.log_softmax(logits, -1)
-        nll.append(-sum(float(lp[p, t]) for p, t in row.targets) / len(row.targets))
-    return float(nll[0] < nll[1])
-
-
-def apply(model, delta) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for ld in delta.layers:
-            ops.rank_update_(params[ld.name], ld.u, ld.v, transposed=ld.transposed)
 
 
 class Runner:
@@ -78,9 +61,9 @@ class Runner:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if not delta.is_finite():
             raise RuntimeError(f"{self.method}: non-finite delta ({delta.non_finite_reason()})")
-        apply(self.model, delta)
+        apply_delta(self.model, delta, 1.0)
         self.editor.commit(delta)
-        eff = efficacy(self.model, self.tokenizer, request)
+        eff = float(success(request, request_probabilities(self.model, self.tokenizer, [request])[0]))
         s = delta.info.get("steps", 0)  # per request for value-optimising editors, one number for FT
         steps = sum(s) if isinstance(s, list) else s
         for key, value in (("wall", wall), ("cpu", cpu), ("eff", eff), ("steps", steps)):

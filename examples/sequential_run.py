@@ -17,11 +17,12 @@ from pathlib import Path
 
 from seqedit import data, models
 from seqedit.session import EditSession
+from seqedit.session.ledger import MANIFEST
 
 
 def open_session(directory: Path, model, tokenizer, method: str, options: dict, **config):
     """Resume the session in `directory` if there is one, else start it there."""
-    if (directory / "manifest.json").exists():
+    if (directory / MANIFEST).exists():
         session = EditSession.resume(directory, model, tokenizer, stats_options=options)
         if session.method != method:
             session.close()

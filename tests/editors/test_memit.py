@@ -97,3 +97,11 @@ def test_target_gap_reports_how_close_the_written_update_gets(llama, requests_):
     expect = (res.v_star - h).norm(dim=1) / res.delta.norm(dim=1)
     assert delta.info["target_gap"] == pytest.approx(expect.tolist(), rel=1e-3, abs=1e-4)
     assert all(0 <= g < 1 for g in delta.info["target_gap"])  # the update moved towards z
+
+
+def test_target_gap_is_zero_when_nothing_had_to_be_written(llama, requests_):
+    """A target met before any step (δ = 0) gives gap 0, not 0/0."""
+    ed = editors.create("memit", llama.spec, **{**FAST, "early_stop_loss": 1e9})
+    delta = ed.compute(llama.model, requests_[:2], llama.ctx())
+    assert delta.info["steps"] == [0, 0]
+    assert delta.info["target_gap"] == [0.0, 0.0]

@@ -10,6 +10,7 @@ import torch
 
 from seqedit import data
 from seqedit.models import tiny
+from seqedit.session import EditSession
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "sequential_run.py"
 DOCS = [f"Report {i}: ships leave the harbour at dawn and the market opens after them. " * (i % 4 + 1)
@@ -40,8 +41,6 @@ def test_killed_run_resumes_without_losing_or_repeating_an_edit(script, tmp_path
     run_dir = tmp_path / "run"
 
     # Kill the first run inside the third edit, after its delta is on disk but before it counts.
-    from seqedit.session import EditSession
-
     calls = {"n": 0}
 
     def crash(self, where):
@@ -73,9 +72,7 @@ def test_killed_run_resumes_without_losing_or_repeating_an_edit(script, tmp_path
     # the model now holds edits 0, 2, 3: different from the base, equal to a replay of the ledger
     assert any(not torch.equal(fresh.state_dict()[k], v) for k, v in base.items())
     replayed, _ = tiny("llama", seed=0, max_positions=1024)
-    from seqedit.session import EditSession as Session
-
-    with Session.resume(run_dir, replayed, tok, stats_options=_options(tmp_path), progress=False) as s:
+    with EditSession.resume(run_dir, replayed, tok, stats_options=_options(tmp_path), progress=False) as s:
         assert s.live_edits == [0, 2, 3]
     for k, v in replayed.state_dict().items():
         torch.testing.assert_close(v, fresh.state_dict()[k], rtol=1e-6, atol=1e-6)

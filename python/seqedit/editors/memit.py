@@ -97,8 +97,10 @@ def layer_loop(model, requests, ctx: EditContext, cfg, solve):
         used_keys[name] = k.float().cpu()
     with _keys.added_deltas(model, spec, factors):
         bare = _keys.compute_keys(model, spec, tok, requests, (("{}",),), [], blocks=[z_layer])
-    gap = (z - bare[("bare_block", z_layer)].double()).norm(dim=1) / res.delta.double().norm(dim=1)
-    gap = [float(g) for g in gap]
+    left = (z - bare[("bare_block", z_layer)].double()).norm(dim=1)
+    start = res.delta.double().norm(dim=1)
+    # δ = 0 (target reached before any step): nothing to write, so nothing is left to write.
+    gap = [float(a / b) if b > 0 else (0.0 if a == 0 else float("inf")) for a, b in zip(left, start)]
     if any(g > 1 for g in gap):
         log.warning("%s: the update moved layer %d's output away from its target (gap ratio %s); "
                     "this model's blocks may not suit MEMIT-style spreading", cfg.__class__.__name__,
