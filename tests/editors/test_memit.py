@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from editor_helpers import FAST, apply_delta, weights_digest
+from editor_helpers import FAST, Tiny, apply_delta, weights_digest
 
 from seqedit import editors
 from seqedit.editors import keys, values
@@ -105,3 +105,51 @@ def test_target_gap_is_zero_when_nothing_had_to_be_written(llama, requests_):
     delta = ed.compute(llama.model, requests_[:2], llama.ctx())
     assert delta.info["steps"] == [0, 0]
     assert delta.info["target_gap"] == [0.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    return Tiny("gemma3")
+
+
+def test_auto_targets_follow_the_block_structure(llama, gemma3, requests_):
+    for t, expect in ((llama, "block"), (gemma3, "mlp_out")):
+        ed = editors.create("memit", t.spec, **FAST)
+        assert ed.config.targets == "auto"
+        assert ed.compute(t.model, requests_[:1], t.ctx()).info["targets"] == expect
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_mlp_out_targets_write_each_layer_its_own_residual(arch, requests_, request):
+    """targets="mlp_out": R_i = T_i − M_i (no spreading) with M_i read on the partially updated
+    model; the normal equations hold; target_gap = ‖T − M‖/‖δ‖ over all layers, measured here on
+    the model with the update in its weights."""
+    t = request.getfixturevalue(arch)
+    ed = editors.create("memit", t.spec, targets="mlp_out", **FAST)
+    ctx = t.ctx()
+    reqs = requests_[:2]
+    delta = ed.compute(t.model, reqs, ctx)
+    assert delta.info["targets"] == "mlp_out"
+    layers = sorted(ed.config.layers)
+    templates = keys.context_templates(t.model, t.tokenizer, ctx)
+    res = values.target_values(t.model, t.spec, t.tokenizer, reqs, templates, layer=tuple(layers),
+                               site="mlp_out", cfg=ed.config)
+    lam = ed.config.mom2_update_weight
+    edited = copy.deepcopy(t.model)
+    for i, (layer, ld) in enumerate(zip(layers, delta.layers)):
+        m = keys.compute_keys(edited, t.spec, t.tokenizer, reqs, templates, [], mlp_outs=[layer])
+        assert torch.allclose(ld.u.T, res.v_star[:, i] - m[("bare_mlp_out", layer)], atol=1e-4)
+        k = delta.keys[ld.name].double()
+        lhs = ld.dense().double() @ (lam * t.c[layer] + k @ k.T)
+        assert torch.allclose(lhs, ld.u.double() @ k.T, rtol=1e-4, atol=1e-4 * float(lhs.abs().max()))
+        apply_delta(edited, type(delta)(delta.method, [ld]))
+    m = keys.compute_keys(edited, t.spec, t.tokenizer, reqs, templates, [], mlp_outs=layers)
+    now = torch.stack([m[("bare_mlp_out", x)] for x in layers], 1)
+    expect = (res.v_star - now).flatten(1).norm(dim=1) / res.delta.flatten(1).norm(dim=1)
+    assert delta.info["target_gap"] == pytest.approx(expect.tolist(), rel=1e-3, abs=1e-4)
+    assert all(0 <= g < 1 for g in delta.info["target_gap"])
+
+
+def test_bad_targets_is_rejected(llama):
+    with pytest.raises(ValueError, match="targets must be one of"):
+        editors.create("memit", llama.spec, targets="residual")

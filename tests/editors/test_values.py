@@ -116,3 +116,55 @@ def test_bad_site_is_rejected(llama, requests_):
     with pytest.raises(ValueError, match="site"):
         values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:1], _templates(llama),
                              layer=1, site="attn", cfg=dataclasses.replace(ValueConfig(), v_num_grad_steps=1))
+
+
+@pytest.mark.parametrize("arch", ["llama64", "gemma3_64"])
+def test_several_mlp_out_sites_fast_equals_reference(arch, requests_, request):
+    """One δ per request and layer (MEMIT's "mlp_out" targets): both paths agree step by step."""
+    t = request.getfixturevalue(arch)
+    fast, ref = _both(t, requests_[:2], "mlp_out", (1, 2, 3))
+    assert fast.v_star.shape == (2, 3, t.spec.hidden_size)
+    assert fast.trajectory[0][0].shape == (3, t.spec.hidden_size)
+    _assert_same(fast, ref, rtol=1e-9)
+
+
+def test_several_sites_targets_are_what_each_layer_must_output(gemma3_64, requests_):
+    """v*[:, s] = layer s's MLP output on the bare prompt with the lower δ applied, plus its own δ;
+    clamp and weight decay act per site."""
+    t = gemma3_64
+    layers = (1, 3)
+    cfg = ValueConfig(v_num_grad_steps=4, clamp_norm_factor=0.05, v_lr=5.0)
+    temps = _templates(t)
+    res = values.target_values(t.model, t.spec, t.tokenizer, requests_[:2], temps, layer=layers,
+                               site="mlp_out", cfg=cfg)
+    assert (res.delta.norm(dim=-1) <= 0.05 * res.v_init.norm(dim=-1) * (1 + 1e-9)).all()
+    assert not torch.equal(res.delta[:, 0], torch.zeros_like(res.delta[:, 0]))
+    lower = {}
+
+    def add_lower(module, args, out):
+        rows = keys.template_rows(t.tokenizer, requests_[:2], temps)
+        look = torch.tensor([r.lookup for r in rows])
+        per_row = res.delta[:, 0].repeat_interleave(len(keys.flat(temps)), 0)
+        lower["done"] = True
+        return out.index_put((torch.arange(len(rows)), look), per_row.to(out.dtype), accumulate=True)
+
+    with t.spec.mlp_out(t.model, layers[0]).register_forward_hook(add_lower):
+        found = keys.compute_keys(t.model, t.spec, t.tokenizer, requests_[:2], temps, [], mlp_outs=[layers[1]])
+    assert lower["done"]
+    expect = found[("bare_mlp_out", layers[1])] + res.delta[:, 1]
+    assert torch.allclose(res.v_star[:, 1], expect, rtol=1e-8, atol=1e-8 * float(expect.norm()))
+
+
+def test_several_sites_need_mlp_out(llama, requests_):
+    with pytest.raises(ValueError, match="several injection layers"):
+        values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:1], _templates(llama),
+                             layer=(1, 2), site="block", cfg=ValueConfig(v_num_grad_steps=1))
+
+
+@pytest.mark.parametrize("arch,expect", [("llama64", True), ("gpt2_64", True), ("qwen2_64", True),
+                                         ("gemma3_64", False)])
+def test_mlp_out_is_residual_by_behaviour(arch, expect, request):
+    """Gemma-3 normalises the MLP output before the residual add; the others add it as is."""
+    t = request.getfixturevalue(arch)
+    assert [keys.mlp_out_is_residual(t.model, t.spec, t.tokenizer, i) for i in range(t.spec.num_layers)] \
+        == [expect] * t.spec.num_layers

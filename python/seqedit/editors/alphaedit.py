@@ -26,22 +26,17 @@ from dataclasses import dataclass
 import torch
 
 from .base import Delta, EditContext
-from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
-from .memit import layer_loop
+from .memit import LayerBandConfig, layer_loop
 
 
 @dataclass(frozen=True)
-class AlphaEditConfig(ValueConfig):
-    layers: tuple[int, ...] = (0,)
+class AlphaEditConfig(LayerBandConfig):
     nullspace_threshold: float = 1e-2
     nullspace_relative: bool = True
     l2_weight: float = 1.0
 
     def _problems(self, spec):
         yield from super()._problems(spec)
-        yield from check_layers(list(self.layers), spec)
-        if self.layers and all(isinstance(x, int) for x in self.layers) and max(self.layers) > self.loss_layer(spec):
-            yield f"layers {list(self.layers)} reach above v_loss_layer {self.loss_layer(spec)}"
         if not self.nullspace_threshold > 0:
             yield f"nullspace_threshold must be > 0, got {self.nullspace_threshold}"
         if self.nullspace_relative and not self.nullspace_threshold < 1:
@@ -51,11 +46,7 @@ class AlphaEditConfig(ValueConfig):
 
     @classmethod
     def for_model(cls, spec, **overrides):
-        defaults = dict(layers=tuple(spec.default_edit_layers()), v_loss_layer=spec.num_layers - 1,
-                        clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec))
-        if "layers" in overrides:
-            overrides = {**overrides, "layers": tuple(overrides["layers"])}
-        return cls._build(spec, defaults, overrides)
+        return cls._band_build(spec, overrides)
 
 
 class AlphaEditEditor:

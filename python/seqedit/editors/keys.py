@@ -131,17 +131,18 @@ def group_mean(per_row: torch.Tensor, n_requests: int, templates) -> torch.Tenso
     return torch.stack([g.mean(1) for g in groups], 0).mean(0)
 
 
-def compute_keys(model, spec, tokenizer, requests, templates, layers, *, blocks=()) -> dict:
+def compute_keys(model, spec, tokenizer, requests, templates, layers, *, blocks=(), mlp_outs=()) -> dict:
     """Template-averaged keys per layer `{layer: [b, d_in]}`, plus the bare-prompt reads.
 
-    Also returns `("bare_key", l)` (the key on the bare prompt, template "{}") and
-    `("bare_block", l)` for each layer in `blocks` (block output on the bare prompt).
+    Also returns `("bare_key", l)` (the key on the bare prompt, template "{}"),
+    `("bare_block", l)` for each layer in `blocks` (block output on the bare prompt) and
+    `("bare_mlp_out", l)` for each layer in `mlp_outs` (MLP output on the bare prompt).
     """
     if flat(templates)[0] != "{}":
         raise ValueError("the first context template must be the bare prompt '{}'")
     rows = template_rows(tokenizer, requests, templates)
     batch = _text.pad(rows, _text.pad_id(tokenizer), model_device(model))
-    found = read(model, spec, batch, keys=tuple(layers), blocks=tuple(blocks))
+    found = read(model, spec, batch, keys=tuple(layers), blocks=tuple(blocks), mlp_outs=tuple(mlp_outs))
     n_t = len(flat(templates))
     out: dict = {}
     for layer in layers:
@@ -150,4 +151,38 @@ def compute_keys(model, spec, tokenizer, requests, templates, layers, *, blocks=
         out[("bare_key", layer)] = k[::n_t]
     for layer in blocks:
         out[("bare_block", layer)] = found[("block", layer)][::n_t]
+    for layer in mlp_outs:
+        out[("bare_mlp_out", layer)] = found[("mlp_out", layer)][::n_t]
     return out
+
+
+@torch.no_grad()
+def mlp_out_is_residual(model, spec, tokenizer, layer: int) -> bool:
+    """Whether the block adds its MLP output to the residual stream unchanged.
+
+    Found by behaviour, not by name: a random vector added to the output of `mlp_out(layer)` on a
+    short prompt must reappear, to rounding, in the block's output. False where the block
+    normalises (or otherwise transforms) the MLP output before the residual add — Gemma-2/3's
+    post_feedforward_layernorm — which is what decides how MEMIT-style methods place targets.
+    """
+    batch = _text.pad(_text.encode_rows(tokenizer, [_text.fill("{}", "{} quick brown fox", "The")]), _text.pad_id(tokenizer),
+                      model_device(model))
+    gen = torch.Generator().manual_seed(0)
+    seen: dict = {}
+
+    def add(module, args, out):
+        scale = out.detach().float().norm(dim=-1, keepdim=True).clamp(min=1e-3)
+        r = torch.randn(out.shape, generator=gen).to(out.device)
+        seen["r"] = (r / r.norm(dim=-1, keepdim=True) * scale).to(out.dtype)
+        return out + seen["r"]
+
+    def block_out(hook):
+        with ExitStack() as stack:
+            if hook is not None:
+                stack.callback(spec.mlp_out(model, layer).register_forward_hook(hook).remove)
+            found = read(model, spec, batch, blocks=(layer,))
+        return found[("block", layer)]
+
+    moved = block_out(add) - block_out(None)
+    r = seen["r"][torch.arange(batch.input_ids.shape[0]), batch.lookup].float()
+    return bool((moved - r).norm() <= 1e-3 * r.norm())

@@ -6,6 +6,13 @@
         R_i = (Z − H_i) / (|L| − i),  H_i = block output of the last layer on the bare prompts
         Δ_i = R_i K_iᵀ (λ C_l + K_i K_iᵀ)⁻¹       (float64 Cholesky; λ = mom2_update_weight)
 
+Blocks that normalise the MLP output before the residual add (Gemma-2/3) break the spreading:
+R_i is a residual-space vector, but what reaches the residual is norm(W k + R_i). There
+(targets "mlp_out", chosen automatically by probing the block) each layer gets its own target
+T_i in MLP-output space, all optimised jointly through the norms, and R_i = T_i − M_i with M_i
+its current MLP output on the bare prompt (a documented deviation from MEMIT, which has no such
+blocks in its evaluation).
+
 Returned per layer as LayerDelta(u = R_i [d_out,b], v = (λC + KKᵀ)⁻¹K [d_in,b]): ΔW = u vᵀ;
 `Delta.keys[weight name]` = K_i [d_in, b] (float32, columns are keys).
 
@@ -29,27 +36,53 @@ from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
 log = logging.getLogger("seqedit.editors")
 
 
+TARGETS = ("auto", "block", "mlp_out")
+
+
 @dataclass(frozen=True)
-class MemitConfig(ValueConfig):
+class LayerBandConfig(ValueConfig):
+    """What MEMIT and AlphaEdit share: the edited layers and where their targets live.
+
+    targets: "block" — MEMIT's one target at the last edited layer's block output, its residual
+    spread over the layers; "mlp_out" — one target per layer at that layer's MLP output,
+    optimised jointly (values.py with several sites), each layer writing its own; "auto" —
+    "block" when every edited block adds its MLP output to the residual stream unchanged, else
+    "mlp_out" (blocks that normalise the MLP output first, like Gemma-2/3's, distort a
+    residual-space target beyond what the least-squares write can follow).
+    """
+
     layers: tuple[int, ...] = (0,)
-    mom2_update_weight: float = 15000.0
+    targets: str = "auto"
 
     def _problems(self, spec):
         yield from super()._problems(spec)
         yield from check_layers(list(self.layers), spec)
         if self.layers and all(isinstance(x, int) for x in self.layers) and max(self.layers) > self.loss_layer(spec):
             yield f"layers {list(self.layers)} reach above v_loss_layer {self.loss_layer(spec)}"
+        if self.targets not in TARGETS:
+            yield f"targets must be one of {', '.join(TARGETS)}, got {self.targets!r}"
+
+    @classmethod
+    def _band_build(cls, spec, overrides: dict, **extra):
+        defaults = dict(layers=tuple(spec.default_edit_layers()), v_loss_layer=spec.num_layers - 1,
+                        clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec), **extra)
+        if "layers" in overrides:
+            overrides = {**overrides, "layers": tuple(overrides["layers"])}
+        return cls._build(spec, defaults, overrides)
+
+
+@dataclass(frozen=True)
+class MemitConfig(LayerBandConfig):
+    mom2_update_weight: float = 15000.0
+
+    def _problems(self, spec):
+        yield from super()._problems(spec)
         if not self.mom2_update_weight >= 0:
             yield f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}"
 
     @classmethod
     def for_model(cls, spec, **overrides):
-        defaults = dict(layers=tuple(spec.default_edit_layers()), v_loss_layer=spec.num_layers - 1,
-                        clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec),
-                        mom2_update_weight=mom2_weight_for(spec))
-        if "layers" in overrides:
-            overrides = {**overrides, "layers": tuple(overrides["layers"])}
-        return cls._build(spec, defaults, overrides)
+        return cls._band_build(spec, overrides, mom2_update_weight=mom2_weight_for(spec))
 
 
 def mom2_weight_for(spec) -> float:
@@ -63,32 +96,61 @@ def mom2_weight_for(spec) -> float:
     return float(round(15000.0 * spec.mlp_hidden_size / 11008))
 
 
-def layer_loop(model, requests, ctx: EditContext, cfg, solve):
+def resolve_targets(model, ctx: EditContext, cfg: LayerBandConfig) -> str:
+    """cfg.targets with "auto" decided by probing the edited blocks (memoised per session)."""
+    if cfg.targets != "auto":
+        return cfg.targets
+    key = ("mlp_out_is_residual", tuple(sorted(cfg.layers)))
+    if key not in ctx.memo:
+        ctx.memo[key] = all(_keys.mlp_out_is_residual(model, ctx.spec, ctx.tokenizer, layer)
+                            for layer in cfg.layers)
+    return "block" if ctx.memo[key] else "mlp_out"
+
+
+def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     """The MEMIT skeleton shared with AlphaEdit.
 
-    `solve(layer, K, R)` gets float64 keys [d_in, b] and the spread residual [d_out, b] and
-    returns V [d_in, b] with Δ = R Vᵀ. Returns (LayerDeltas, keys per weight name, info).
+    `solve(layer, K, R)` gets float64 keys [d_in, b] and the residual the layer should write
+    [d_out, b] and returns V [d_in, b] with Δ = R Vᵀ. Returns (LayerDeltas, keys per weight name,
+    info). With targets "mlp_out", R_i = T_i − (MLP output of layer i on the bare prompt, partially
+    updated model), T_i the jointly optimised target of layer i — no spreading.
 
-    info["target_gap"]: per request, ‖z − H‖/‖z − v_init‖ after all layers' updates, H the last
-    edited layer's output on the bare prompt (one extra forward). Near 0: the layers wrote their
-    target; above 1: the update moved the hidden state *away* from it, which MEMIT's linear
-    spreading does on blocks that normalise the MLP output before the residual add (Gemma-2/3).
-    Such an edit may still flip the prediction, by wrecking the hidden state; it is logged.
+    info["target_gap"]: per request, the target left unwritten after all layers' updates, relative
+    to the start (one extra short forward): ‖z − H‖/‖z − H₀‖ at the last layer's block output
+    ("block"), or over all layers' MLP outputs ‖T − M‖/‖T − M₀‖ ("mlp_out"). Near 0: the layers
+    wrote their targets; above 1: the update moved the hidden state *away* from them (what
+    "block" targets do on blocks that normalise the MLP output). Such an edit may still flip the
+    prediction, by wrecking the hidden state; it is logged.
     """
     spec, tok = ctx.spec, ctx.tokenizer
     layers = sorted(cfg.layers)
-    z_layer = layers[-1]
+    mode = resolve_targets(model, ctx, cfg)
     templates = _keys.context_templates(model, tok, ctx, starts=cfg.context_template_starts,
                                         length=cfg.context_template_length)
-    res = _values.target_values(model, spec, tok, requests, templates, layer=z_layer, site="block", cfg=cfg)
-    z = res.v_star.double()  # [b, d]
+    if mode == "block":
+        res = _values.target_values(model, spec, tok, requests, templates, layer=layers[-1], site="block", cfg=cfg)
+        z = res.v_star.double()[:, None]  # [b, 1, d]
+        reads = {"blocks": [layers[-1]]}
+    else:
+        res = _values.target_values(model, spec, tok, requests, templates, layer=tuple(layers), site="mlp_out",
+                                    cfg=cfg)
+        z = res.v_star.double().reshape(len(requests), len(layers), -1)  # [b, |L|, d]
+        reads = {"mlp_outs": layers}
+
+    def current(found) -> torch.Tensor:  # the bare-prompt states z targets, [b, 1 or |L|, d]
+        names = [("bare_block", layers[-1])] if mode == "block" else [("bare_mlp_out", x) for x in layers]
+        return torch.stack([found[n].double() for n in names], 1)
+
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     deltas, used_keys = [], {}
     for i, layer in enumerate(layers):
         with _keys.added_deltas(model, spec, factors):
-            found = _keys.compute_keys(model, spec, tok, requests, templates, [layer], blocks=[z_layer])
+            found = _keys.compute_keys(model, spec, tok, requests, templates, [layer], **reads)
         k = found[layer].double().T  # [d_in, b]
-        r = (z - found[("bare_block", z_layer)].double()).T / (len(layers) - i)  # [d, b]
+        if mode == "block":
+            r = (z[:, 0] - current(found)[:, 0]).T / (len(layers) - i)  # [d, b]
+        else:
+            r = (z[:, i] - current(found)[:, i]).T
         v = solve(layer, k, r)
         u32, v32 = r.float(), v.float()
         factors[layer] = (u32, v32)
@@ -96,16 +158,15 @@ def layer_loop(model, requests, ctx: EditContext, cfg, solve):
         deltas.append(LayerDelta(name, u32.cpu(), v32.cpu(), bool(spec.mlp_out_transposed)))
         used_keys[name] = k.float().cpu()
     with _keys.added_deltas(model, spec, factors):
-        bare = _keys.compute_keys(model, spec, tok, requests, (("{}",),), [], blocks=[z_layer])
-    left = (z - bare[("bare_block", z_layer)].double()).norm(dim=1)
-    start = res.delta.double().norm(dim=1)
+        after = _keys.compute_keys(model, spec, tok, requests, (("{}",),), [], **reads)
+    left = (z - current(after)).flatten(1).norm(dim=1)
+    start = res.delta.double().reshape(len(requests), -1).norm(dim=1)
     # δ = 0 (target reached before any step): nothing to write, so nothing is left to write.
     gap = [float(a / b) if b > 0 else (0.0 if a == 0 else float("inf")) for a, b in zip(left, start)]
     if any(g > 1 for g in gap):
-        log.warning("%s: the update moved layer %d's output away from its target (gap ratio %s); "
-                    "this model's blocks may not suit MEMIT-style spreading", cfg.__class__.__name__,
-                    z_layer, ", ".join(f"{g:.2f}" for g in gap))
-    return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap}
+        log.warning("%s: the update moved the edited layers away from their targets (gap ratio %s)",
+                    cfg.__class__.__name__, ", ".join(f"{g:.2f}" for g in gap))
+    return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap, "targets": mode}
 
 
 def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """Target-value optimisation ("compute_z"/"compute_v", algorithms.md §0.2).
 
 For each request a vector δ is added to one hidden state (ROME: output of mlp_out at its layer;
-MEMIT/AlphaEdit: block output of the last edited layer) at the subject's last token of every
-rewriting prompt (context template + prompt + target tokens but the last). Per request,
+MEMIT/AlphaEdit: block output of the last edited layer, or — targets "mlp_out" — one δ per
+edited layer at each mlp_out output) at the subject's last token of every rewriting prompt
+(context template + prompt + target tokens but the last). Per request,
 
     loss = mean over prompts of (−Σ log p(target tokens) / #target tokens)
          + kl_factor · KL(p_δ ‖ p_0) at the subject's last token of `kl_prompt`
-         + v_weight_decay · ‖δ‖ / ‖v_init‖²      (unsquared over squared: upstream quirk, kept)
+         + v_weight_decay · ‖δ‖ / ‖v_init‖²      (unsquared over squared: upstream quirk, kept;
+                                                   summed over sites when there are several)
 
 minimised with Adam(v_lr) for at most v_num_grad_steps forwards; a request stops when its loss
 < early_stop_loss (or, optionally, once its target is the argmax everywhere); after every update
@@ -125,14 +127,18 @@ def _out(o):
     return o[0] if isinstance(o, tuple) else o
 
 
-def _optimise(forward, p: _Problem, width: int, device, cfg, trace: bool) -> ValueResult:
-    """The shared Adam loop; `forward(δ)` → (target log-probs [M,V], KL log-probs [b,V], v_base [b,d]).
+def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace: bool) -> ValueResult:
+    """The shared Adam loop; `forward(δ [b,s,d])` → (target log-probs [M,V], KL log-probs [b,V],
+    v_base [b,s,d]).
 
-    `v_base` is the hidden state at the injection point without δ; like upstream, v_init and the
-    KL reference are read from the first forward (δ = 0 then).
+    `v_base` is the hidden state at each injection site before its δ is added; like upstream,
+    v_init and the KL reference are read from the first forward (δ = 0 then). Weight decay and
+    clamp apply per site. v* = v_base of the last forward + δ: at a site above another site,
+    v_base itself moves with the lower δ, and v* is what that site must output in the end.
+    With one site the result has no site axis.
     """
     b = p.n_req
-    delta = torch.zeros(b, width, device=device, requires_grad=True)
+    delta = torch.zeros(b, n_sites, width, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.v_lr)
     active = torch.ones(b, dtype=torch.bool)
     steps, p_first, p_last, last_loss = [0] * b, [0.0] * b, [0.0] * b, [0.0] * b
@@ -143,12 +149,13 @@ def _optimise(forward, p: _Problem, width: int, device, cfg, trace: bool) -> Val
     n_prompts = torch.bincount(p.req_of_row[rew], minlength=b).clamp(min=1)
     for it in range(cfg.v_num_grad_steps):
         lp_t, lp_kl, v_base = forward(delta)
+        v_last = v_base.detach().float()
         if kl_init is None:
-            kl_init, v_init = lp_kl.detach(), v_base.detach().float()
+            kl_init, v_init = lp_kl.detach(), v_last
         tok_lp = lp_t.gather(1, p.tgt_tok[:, None])[:, 0]
         nll = torch.zeros(b, device=device).index_add(0, p.tgt_req, -tok_lp * p.tgt_w)
         kl = cfg.kl_factor * (lp_kl.exp() * (lp_kl - kl_init)).sum(-1)
-        wd = cfg.v_weight_decay * delta.norm(dim=1) / v_init.norm(dim=1) ** 2
+        wd = cfg.v_weight_decay * (delta.norm(dim=-1) / v_init.norm(dim=-1) ** 2).sum(1)
         loss_t = nll + kl + wd
         with torch.no_grad():
             row_nll = torch.zeros(p.n_rows, device=device).index_add(0, p.tgt_row, -tok_lp * p.tgt_row_w)
@@ -178,39 +185,70 @@ def _optimise(forward, p: _Problem, width: int, device, cfg, trace: bool) -> Val
             opt.step()
             done = ~active.to(device)
             delta[done] = keep[done]
-            max_norm = cfg.clamp_norm_factor * v_init.norm(dim=1)
-            norm = delta.norm(dim=1)
-            delta.mul_(torch.where(norm > max_norm, max_norm / norm, torch.ones_like(norm))[:, None])
+            max_norm = cfg.clamp_norm_factor * v_init.norm(dim=-1)
+            norm = delta.norm(dim=-1)
+            delta.mul_(torch.where(norm > max_norm, max_norm / norm, torch.ones_like(norm))[..., None])
         if trace:
             for i in range(b):
                 if active[i]:
-                    trajectory[i].append(delta[i].detach().cpu().clone())
+                    trajectory[i].append(_sites(delta[i].detach().cpu().clone()))
     d = delta.detach()
-    return ValueResult(v_init + d, v_init, d, steps, p_first, p_last, last_loss, trajectory)
+    return ValueResult(_sites(v_last + d), _sites(v_init), _sites(d), steps, p_first, p_last, last_loss,
+                       trajectory)
 
 
-def target_values(model, spec, tokenizer, requests, templates, *, layer: int, site: str, cfg, trace=False):
-    """v* for every request; the fast path unless `cfg.fast` is False."""
+def _sites(x: torch.Tensor) -> torch.Tensor:
+    """Drop the site axis (second from last) when there is one site."""
+    return x.squeeze(-2) if x.shape[-2] == 1 else x
+
+
+def target_values(model, spec, tokenizer, requests, templates, *, layer, site: str, cfg, trace=False):
+    """v* for every request; the fast path unless `cfg.fast` is False.
+
+    `layer` is one layer, or (site "mlp_out" only) a sequence of layers optimised jointly: one δ
+    per request and layer, each added to that layer's MLP output, result shaped [b, layers, d].
+    """
     fn = _fast_target_values if cfg.fast else reference_target_values
     return fn(model, spec, tokenizer, requests, templates, layer=layer, site=site, cfg=cfg, trace=trace)
+
+
+def _site_layers(model, spec, layer, site: str, loss_layer: int) -> list[int]:
+    layers = [layer] if isinstance(layer, int) else sorted(layer)
+    if not layers:
+        raise ValueError("no injection layer given")
+    if len(layers) > 1 and site != "mlp_out":
+        raise ValueError(f"several injection layers need site 'mlp_out', got {site!r}")
+    if layers[-1] > loss_layer:
+        raise ValueError(f"v_loss_layer {loss_layer} is below the injection layer {layers[-1]}")
+    for i in layers:
+        _site(model, spec, i, site)
+    return layers
+
+
+def _injector(delta, s: int, req_of_row, rows, lookup, first, bases: dict):
+    """Forward hook: record the output at the bare prompts' lookup, then add δ[:, s] at every lookup."""
+    def hook(module, args, out):
+        o = _out(out)
+        bases[s] = o[first, lookup[first]].detach().float()
+        o = o.index_put((rows, lookup), delta[req_of_row, s].to(o.dtype), accumulate=True)
+        return (o, *out[1:]) if isinstance(out, tuple) else o
+    return hook
 
 
 def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, site, cfg, trace=False,
                         suffix=True):
     loss_layer = cfg.loss_layer(spec)
-    if layer > loss_layer:
-        raise ValueError(f"v_loss_layer {loss_layer} is below the injection layer {layer}")
-    _site(model, spec, layer, site)
+    layers = _site_layers(model, spec, layer, site, loss_layer)
     p = _problem(tokenizer, requests, templates, cfg.kl_prompt, model_device(model))
     lookup = p.batch.lookup
-    start = layer + 1 if site == "block" else layer
-    calls, cache, kv = _initial_forward(model, spec, p, layer, site, start, loss_layer)
+    start = layers[0] + 1 if site == "block" else layers[0]
+    calls, cache, kv = _initial_forward(model, spec, p, layers[0], site, start, loss_layer)
     modules = [(i, spec.layer(model, i)) for i in range(start, loss_layer + 1)]
     replay = None
     if suffix and kv is not None:
         lengths = p.batch.attention_mask.sum(1)
         replay = SuffixReplay.build(model, modules, calls, kv, lookup, lengths, p.batch.input_ids.shape[1])
-    v_base = cache["site"][p.first_row, lookup[p.first_row]].float()
+    v_block = cache["site"][p.first_row, lookup[p.first_row]].float()[:, None]
     score_rows = torch.cat([p.tgt_row, p.kl_row])
     score_pos = torch.cat([p.tgt_pos, lookup[p.kl_row]])
     if replay is not None:  # positions become slots counted from each row's lookup
@@ -223,17 +261,15 @@ def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, s
         base = replay.gather(base)
 
     def forward(delta):
-        add = delta[p.req_of_row]
+        bases: dict[int, torch.Tensor] = {}
         with ExitStack() as stack:
             if site == "block":
-                h = base.index_put((rows, lookup), add.to(base.dtype), accumulate=True)
+                h = base.index_put((rows, lookup), delta[p.req_of_row, 0].to(base.dtype), accumulate=True)
             else:
                 h = base
-
-                def inject(module, args, out):
-                    return out.index_put((rows, lookup), add.to(out.dtype), accumulate=True)
-
-                stack.callback(spec.mlp_out(model, layer).register_forward_hook(inject).remove)
+                for s, i in enumerate(layers):
+                    hook = _injector(delta, s, p.req_of_row, rows, lookup, p.first_row, bases)
+                    stack.callback(spec.mlp_out(model, i).register_forward_hook(hook).remove)
             if replay is not None:
                 h = replay.run(h)
             else:
@@ -241,9 +277,10 @@ def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, s
                     args, kwargs = plain_calls[i]
                     h = _out(module(h, *args, **kwargs))
         lp = torch.log_softmax(logits_at(model, spec, h[score_rows, score_pos]), -1)
+        v_base = v_block if site == "block" else torch.stack([bases[s] for s in range(len(layers))], 1)
         return lp[: len(p.tgt_row)], lp[len(p.tgt_row):], v_base
 
-    res = _optimise(forward, p, spec.hidden_size, model_device(model), cfg, trace)
+    res = _optimise(forward, p, len(layers), spec.hidden_size, model_device(model), cfg, trace)
     res.mode = "full" if replay is None else "suffix"
     return res
 
@@ -296,8 +333,9 @@ def _initial_forward(model, spec, p: _Problem, layer, site, start, loss_layer):
 
 
 def reference_target_values(model, spec, tokenizer, requests, templates, *, layer, site, cfg, trace=False):
-    """The slow path: per request, a full forward each step with a hook adding δ (float32 loss)."""
+    """The slow path: per request, a full forward each step with hooks adding δ (float32 loss)."""
     loss_layer = cfg.loss_layer(spec)
+    layers = _site_layers(model, spec, layer, site, loss_layer)
     results = []
     for r in requests:
         p = _problem(tokenizer, [r], templates, cfg.kl_prompt, model_device(model))
@@ -305,28 +343,25 @@ def reference_target_values(model, spec, tokenizer, requests, templates, *, laye
         rows = torch.arange(p.n_rows, device=lookup.device)
         state: dict = {}
 
-        def inject(module, args, out):
-            o = _out(out)
-            state["base"] = o[p.first_row, lookup[p.first_row]].detach().float()
-            o = o.index_put((rows, lookup), state["delta"][p.req_of_row].to(o.dtype), accumulate=True)
-            return (o, *out[1:]) if isinstance(out, tuple) else o
-
         def tap(module, args, out):
             state["h"] = _out(out)
 
         def forward(delta):
-            state["delta"] = delta
+            bases: dict[int, torch.Tensor] = {}
             with ExitStack() as stack:
-                stack.callback(_site(model, spec, layer, site).register_forward_hook(inject).remove)
+                for s, i in enumerate(layers):
+                    hook = _injector(delta, s, p.req_of_row, rows, lookup, p.first_row, bases)
+                    stack.callback(_site(model, spec, i, site).register_forward_hook(hook).remove)
                 if loss_layer != spec.num_layers - 1:
                     stack.callback(spec.layer(model, loss_layer).register_forward_hook(tap).remove)
                 logits = model(input_ids=p.batch.input_ids, attention_mask=p.batch.attention_mask, use_cache=False).logits
                 if loss_layer != spec.num_layers - 1:
                     logits = logits_at(model, spec, state["h"])
             lp = torch.log_softmax(logits.float(), -1)
-            return lp[p.tgt_row, p.tgt_pos], lp[p.kl_row, lookup[p.kl_row]], state["base"]
+            v_base = torch.stack([bases[s] for s in range(len(layers))], 1)
+            return lp[p.tgt_row, p.tgt_pos], lp[p.kl_row, lookup[p.kl_row]], v_base
 
-        results.append(_optimise(forward, p, spec.hidden_size, model_device(model), cfg, trace))
+        results.append(_optimise(forward, p, len(layers), spec.hidden_size, model_device(model), cfg, trace))
     return _stack(results)
 
 
@@ -345,6 +380,6 @@ def value_info(res, layers) -> dict:
         "p_first": res.p_first,
         "p_last": res.p_last,
         "loss": res.loss,
-        "delta_norm": [float(x) for x in res.delta.norm(dim=1)],
-        "v_init_norm": [float(x) for x in res.v_init.norm(dim=1)],
+        "delta_norm": res.delta.norm(dim=-1).tolist(),
+        "v_init_norm": res.v_init.norm(dim=-1).tolist(),
     }
