@@ -1,6 +1,8 @@
 """Registry, configs and their validation, non-finite inputs."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from editor_helpers import FAST
@@ -22,6 +24,9 @@ def test_create_derives_defaults_from_spec(llama, gpt2):
     assert m.config.layers == tuple(llama.spec.default_edit_layers())
     assert m.config.v_loss_layer == llama.spec.num_layers - 1 and m.config.clamp_norm_factor == 4.0
     assert editors.create("memit", gpt2.spec).config.clamp_norm_factor == 0.75
+    assert editors.create("memit", gpt2.spec).config.v_weight_decay == 0.5
+    renamed = dataclasses.replace(gpt2.spec, arch="my-custom-lm")  # chosen by structure, not by name
+    assert editors.create("alphaedit", renamed).config.clamp_norm_factor == 0.75
     assert editors.create("rome", llama.spec).config.layer == llama.spec.default_rome_layer()
     assert editors.create("rome", llama.model).config.layer == llama.spec.default_rome_layer()
     assert isinstance(editors.create("ft", llama.spec), editors.Editor)

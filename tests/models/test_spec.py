@@ -30,6 +30,7 @@ def test_paths_and_sizes(tiny_model):
     assert (s.layers_path, s.mlp_out_template, s.final_norm_path) == (layers_path, out_template, norm_path)
     assert s.mlp_out_transposed is transposed
     assert s.tied_lm_head is tied
+    assert s.norm_bias is (arch in ("gpt2", "gptj", "gpt_neox"))  # LayerNorm vs RMSNorm streams
     assert (s.num_layers, s.hidden_size, s.mlp_hidden_size, s.max_positions) == (4, 64, 160, 128)
     assert s.mlp_path_template == out_template.rsplit(".", 1)[0]
     assert s.lm_head(model) is model.get_output_embeddings()

@@ -11,17 +11,14 @@ from dataclasses import dataclass
 
 from .keys import DEFAULT_STARTS
 
-# GPT-style residual streams (GPT-2, GPT-J, GPT-NeoX) get the tighter clamp of their upstream
-# configs; every other family uses the Llama-style 4.
-_GPT_FAMILIES = ("gpt2", "gptj", "gpt_neox", "gpt-j", "gpt-neox")
-
-
 def clamp_for(spec) -> float:
-    return 0.75 if str(spec.arch).lower() in _GPT_FAMILIES else 4.0
+    """0.75 for LayerNorm residual streams (GPT-2, GPT-J, NeoX: their upstream configs), else 4
+    (the Llama-style RMSNorm configs). Decided by the model's structure (`spec.norm_bias`)."""
+    return 0.75 if spec.norm_bias else 4.0
 
 
 def weight_decay_for(spec) -> float:
-    return 0.5 if str(spec.arch).lower() in _GPT_FAMILIES else 1e-3
+    return 0.5 if spec.norm_bias else 1e-3
 
 
 @dataclass(frozen=True)

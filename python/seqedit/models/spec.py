@@ -189,6 +189,9 @@ class ModelSpec:
     final_norm_path: str
     lm_head_path: str
     tied_lm_head: bool
+    # The final norm carries a bias: LayerNorm-normalised residual streams (GPT-2, GPT-J, NeoX),
+    # as opposed to RMSNorm ones (Llama, Qwen2, Gemma); editors' defaults follow this.
+    norm_bias: bool = False
 
     def _index(self, i: int) -> int:
         if not -self.num_layers <= i < self.num_layers:
@@ -259,6 +262,7 @@ def spec(model: nn.Module) -> ModelSpec:
         final_norm_path=final_norm_path,
         lm_head_path=lm_head_path,
         tied_lm_head=tied,
+        norm_bias=getattr(model.get_submodule(final_norm_path), "bias", None) is not None,
     )
 
 
