@@ -63,14 +63,16 @@ class Runner:
             raise RuntimeError(f"{self.method}: non-finite delta ({delta.non_finite_reason()})")
         apply_delta(self.model, delta, 1.0)
         self.editor.commit(delta)
-        eff = float(success(request, request_probabilities(self.model, self.tokenizer, [request])[0]))
+        probs = request_probabilities(self.model, self.tokenizer, [request])[0]
+        eff = float(success(request, probs))
         s = delta.info.get("steps", 0)  # per request for value-optimising editors, one number for FT
         steps = sum(s) if isinstance(s, list) else s
         for key, value in (("wall", wall), ("cpu", cpu), ("eff", eff), ("steps", steps)):
             self.results[key].append(value)
         return {"method": self.method, "path": "ours" if self.fast else "reference",
                 "i": len(self.results["eff"]) - 1, "case_id": request.case_id, "wall": wall, "cpu": cpu,
-                "efficacy": eff, "steps": steps}
+                "efficacy": eff, "steps": steps, "p_new": probs["new"], "p_true": probs["true"],
+                **{k: delta.info[k] for k in ("p_last", "target_gap", "targets") if k in delta.info}}
 
 
 def has_reference(method) -> bool:
