@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from editor_helpers import FAST, weights_digest
+from editor_helpers import FAST, Tiny, weights_digest
 
 from seqedit import editors
 from seqedit.editors.alphaedit import nullspace_projector
@@ -82,3 +82,22 @@ def test_replaying_commits_rebuilds_state(llama, requests_, lowrank_c):
         fresh.commit(type(d).from_tensors(d.method, d.to_tensors(), {ld.name: ld.transposed for ld in d.layers}))
     for name, g in ed.state().items():
         assert torch.allclose(fresh.state()[name], g)
+
+
+def test_mlp_out_targets_keep_the_null_space_property(requests_):
+    """On a block that normalises its MLP output (tiny Gemma-3) AlphaEdit picks per-layer targets
+    and its update still leaves the preserved subspace alone."""
+    t = Tiny("gemma3")
+    low = {}
+    for layer, c in t.c.items():
+        evals, evecs = torch.linalg.eigh(c)
+        low[layer] = (evecs * torch.logspace(-6, 0, evals.numel(), dtype=torch.float64)) @ evecs.T
+    ed = _editor(t)
+    ctx = t.ctx(c=low)
+    delta = ed.compute(t.model, requests_[:2], ctx)
+    assert delta.info["targets"] == "mlp_out" and delta.is_finite()
+    for layer, ld in zip(sorted(ed.config.layers), delta.layers):
+        p = ed.projector(layer, ctx)
+        dw = ld.dense().double()
+        keep = torch.eye(p.shape[0], dtype=torch.float64) - p
+        assert float((dw @ keep).abs().max()) <= 1e-5 * float(dw.abs().max())
