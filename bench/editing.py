@@ -186,10 +186,10 @@ def print_table(rows, name: str, threads) -> None:
             if not r:
                 continue
             head = slice(0, k)
-            speed = mean(ref["wall"][:k]) / mean(r["wall"][:k]) if k else float("nan")
+            speed = f"{mean(ref['wall'][:k]) / mean(r['wall'][:k]):.2f}x" if k else "-"
             print(f"{method:<10} {'ours' if fast else 'reference':<10} {len(r['eff']):>6} {k or '-':>4} "
                   f"{mean(r['wall'][head]):>8.2f} {mean(r['cpu'][head]):>11.2f} {mean(r['eff']):>9.3f} "
-                  f"{mean(r['eff'][head]):>6.3f} {mean(r['steps']):>6.1f} {speed:>7.2f}x")
+                  f"{mean(r['eff'][head]):>6.3f} {mean(r['steps']):>6.1f} {speed:>8}")
 
 
 def table_from_log(path: str) -> None:
