@@ -77,6 +77,15 @@ def test_killed_run_resumes_without_losing_or_repeating_an_edit(script, tmp_path
     for k, v in replayed.state_dict().items():
         torch.testing.assert_close(v, fresh.state_dict()[k], rtol=1e-6, atol=1e-6)
 
+    # --status reads the same story from the ledger, and ignores a line still being written
+    expect = {"edits": 4, "applied": 4, "refused": 0, "rolled_back": 1, "scored": 4,
+              "successful": sum(p["success"] for x in edits for p in x["probabilities"])}
+    assert {k: v for k, v in script.status(run_dir).items() if k in expect} == expect
+    assert script.status(run_dir)["seconds_per_edit"] > 0
+    with open(run_dir / "ledger.jsonl", "a") as f:
+        f.write('{"type": "edit", "edit_id": 4, "requ')
+    assert script.status(run_dir)["edits"] == 4
+
 
 def test_resuming_with_another_method_is_refused(script, tmp_path):
     model, tok = tiny("llama", seed=0, max_positions=1024)
