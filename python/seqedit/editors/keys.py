@@ -165,8 +165,8 @@ def mlp_out_is_residual(model, spec, tokenizer, layer: int) -> bool:
     normalises (or otherwise transforms) the MLP output before the residual add — Gemma-2/3's
     post_feedforward_layernorm — which is what decides how MEMIT-style methods place targets.
     """
-    batch = _text.pad(_text.encode_rows(tokenizer, [_text.fill("{}", "{} quick brown fox", "The")]), _text.pad_id(tokenizer),
-                      model_device(model))
+    rows = _text.encode_rows(tokenizer, [_text.fill("{}", "{} quick brown fox", "The")])
+    batch = _text.pad(rows, _text.pad_id(tokenizer), model_device(model))
     gen = torch.Generator().manual_seed(0)
     seen: dict = {}
 

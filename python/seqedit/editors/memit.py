@@ -144,13 +144,15 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     deltas, used_keys = [], {}
     for i, layer in enumerate(layers):
+        # "mlp_out" needs only this layer's output, so its key forward stops at this layer.
+        step = reads if mode == "block" else {"mlp_outs": [layer]}
         with _keys.added_deltas(model, spec, factors):
-            found = _keys.compute_keys(model, spec, tok, requests, templates, [layer], **reads)
+            found = _keys.compute_keys(model, spec, tok, requests, templates, [layer], **step)
         k = found[layer].double().T  # [d_in, b]
         if mode == "block":
             r = (z[:, 0] - current(found)[:, 0]).T / (len(layers) - i)  # [d, b]
         else:
-            r = (z[:, i] - current(found)[:, i]).T
+            r = (z[:, i] - found[("bare_mlp_out", layer)].double()).T
         v = solve(layer, k, r)
         u32, v32 = r.float(), v.float()
         factors[layer] = (u32, v32)

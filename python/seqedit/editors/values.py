@@ -248,7 +248,8 @@ def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, s
     if suffix and kv is not None:
         lengths = p.batch.attention_mask.sum(1)
         replay = SuffixReplay.build(model, modules, calls, kv, lookup, lengths, p.batch.input_ids.shape[1])
-    v_block = cache["site"][p.first_row, lookup[p.first_row]].float()[:, None]
+    if site == "block":  # δ-independent: read once; "mlp_out" sites are read in every forward
+        v_block = cache["site"][p.first_row, lookup[p.first_row]].float()[:, None]
     score_rows = torch.cat([p.tgt_row, p.kl_row])
     score_pos = torch.cat([p.tgt_pos, lookup[p.kl_row]])
     if replay is not None:  # positions become slots counted from each row's lookup
