@@ -87,6 +87,39 @@ def test_not_positive_definite_is_a_clear_error(llama, requests_):
         ed.compute(llama.model, requests_[:1], llama.ctx(c=neg))
 
 
+@pytest.mark.parametrize("b", [1, 3])
+def test_solve_reuses_one_factor_per_layer_and_matches_a_fresh_factorisation(llama, b):
+    from seqedit.editors.memit import cholesky_solve, memit_solve
+
+    ctx, lam, layer = llama.ctx(), 37.5, 1
+    c = llama.c[layer]
+    gen = torch.Generator().manual_seed(b)
+    for _ in range(2):
+        k = torch.randn(c.shape[0], b, generator=gen, dtype=torch.float64)
+        direct = cholesky_solve(lam * c + k @ k.T, k, "test")
+        got = memit_solve(ctx, layer, lam, k)
+        assert float((got - direct).norm() / direct.norm()) < 1e-9
+    (entry,) = [v for key, v in ctx.memo.items() if key[0] == "memit_factor"]
+    assert entry[0] is c and entry[2] is not None
+    other = 2.0 * c  # a provider handing out another C gets a new factor, not the stale one
+    k = torch.randn(c.shape[0], b, generator=gen, dtype=torch.float64)
+    ctx.second_moment = lambda _: other
+    direct = cholesky_solve(lam * other + k @ k.T, k, "test")
+    assert float((memit_solve(ctx, layer, lam, k) - direct).norm() / direct.norm()) < 1e-9
+
+
+def test_solve_without_a_factor_of_lambda_c_takes_the_direct_path(llama):
+    from seqedit.editors.memit import memit_solve
+
+    d = llama.c[0].shape[0]
+    k = torch.randn(d, d + 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rank_one = {0: torch.ones(d, d, dtype=torch.float64)}  # λC singular, λC + KKᵀ not
+    for lam, c in ((0.0, llama.c), (3.0, rank_one)):
+        ctx = llama.ctx(c=c)
+        got = memit_solve(ctx, 0, lam, k)
+        torch.testing.assert_close(got, torch.linalg.solve(lam * c[0] + k @ k.T, k), rtol=1e-7, atol=1e-9)
+
+
 def test_target_gap_reports_how_close_the_written_update_gets(llama, requests_):
     """info["target_gap"] = ‖z − H‖/‖z − H₀‖ on the bare prompt once the weights hold the update."""
     _, delta, z_layer, templates, res = _memit_with_target(llama, requests_[:2])

@@ -43,3 +43,28 @@ def test_context_templates_memoised_and_seeded():
     state = torch.random.get_rng_state()
     keys.context_templates(model, tok, EditContext(tok, None, seed=4), length=4)
     assert torch.equal(state, torch.random.get_rng_state())  # private generator only
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_rows_cut_after_lookup_read_the_same(arch):
+    """Keys, MLP outputs and block outputs at the lookup do not depend on later tokens (causal)."""
+    from seqedit.models import spec as model_spec
+
+    model, tok = tiny(arch, num_layers=3)
+    model.to(torch.float64)
+    s = model_spec(model)
+    texts = [_text.fill(t, p, subj) for t, p, subj in [
+        ("{}", "The mother tongue of {} is", "Danielle Darrieux"),
+        ("Once upon a time. {}", "{}, who plays the", "Carol"),
+        ("{}", "{} lives in the city of", "Al"),
+    ]]
+    full = _text.encode_rows(tok, texts)
+    cut = _text.through_lookup(full)
+    assert [len(r.ids) for r in cut] == [r.lookup + 1 for r in full]
+    assert sum(len(r.ids) for r in cut) < sum(len(r.ids) for r in full)
+    reads = {"keys": (0, 2), "blocks": (1, 2), "mlp_outs": (0, 1)}
+    a = keys.read(model, s, _text.pad(full, _text.pad_id(tok)), **reads)
+    b = keys.read(model, s, _text.pad(cut, _text.pad_id(tok)), **reads)
+    assert a.keys() == b.keys() and len(a) == 6
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-6)  # read() returns float32

@@ -140,7 +140,7 @@ def compute_keys(model, spec, tokenizer, requests, templates, layers, *, blocks=
     """
     if flat(templates)[0] != "{}":
         raise ValueError("the first context template must be the bare prompt '{}'")
-    rows = template_rows(tokenizer, requests, templates)
+    rows = _text.through_lookup(template_rows(tokenizer, requests, templates))
     batch = _text.pad(rows, _text.pad_id(tokenizer), model_device(model))
     found = read(model, spec, batch, keys=tuple(layers), blocks=tuple(blocks), mlp_outs=tuple(mlp_outs))
     n_t = len(flat(templates))

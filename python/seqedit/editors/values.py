@@ -93,7 +93,8 @@ def _problem(tokenizer, requests, templates, kl_prompt: str, device) -> _Problem
             rows.append(row)
             req_of_row.append(ri)
         kl_row.append(len(rows))
-        rows.extend(_text.encode_rows(tokenizer, [_text.fill(kl_prompt, "{}", r.subject)]))
+        kl_text = _text.fill(kl_prompt, "{}", r.subject)
+        rows.extend(_text.through_lookup(_text.encode_rows(tokenizer, [kl_text])))  # scored at lookup only
         req_of_row.append(ri)
     batch = _text.pad(rows, _text.pad_id(tokenizer), device)
 
