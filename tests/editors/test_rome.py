@@ -83,3 +83,24 @@ def test_needs_statistics_only_with_adjustment(llama, requests_):
         editors.create("rome", llama.spec, **FAST).compute(llama.model, requests_[:1], bare)
     delta = editors.create("rome", llama.spec, mom2_adjustment=False, **FAST).compute(llama.model, requests_[:1], bare)
     assert delta.is_finite()
+
+
+def test_c_solve_factors_c_once_per_session(llama):
+    from seqedit.editors.rome import _c_solve
+
+    c = llama.c[1].clone()
+    ctx = llama.ctx(c={1: c})
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(c.shape[0], generator=gen, dtype=torch.float64)
+    direct = torch.linalg.solve(c, k)
+    assert float((_c_solve(ctx, 1, k) - direct).norm() / direct.norm()) < 1e-10
+    (key,) = [key for key in ctx.memo if key[0] == "rome_lu"]
+    factor = ctx.memo[key][2]
+    _c_solve(ctx, 1, torch.randn(c.shape[0], generator=gen, dtype=torch.float64))
+    assert ctx.memo[key][2] is factor
+    c.mul_(3.0)  # changed in place: the stale factor must not be used
+    direct = torch.linalg.solve(c, k)
+    assert float((_c_solve(ctx, 1, k) - direct).norm() / direct.norm()) < 1e-10
+    assert ctx.memo[key][2] is not factor
+    ctx_nan = llama.ctx(c={1: torch.full_like(c, float("nan"))})
+    assert torch.isnan(_c_solve(ctx_nan, 1, k)).all()

@@ -68,3 +68,34 @@ def test_rows_cut_after_lookup_read_the_same(arch):
     assert a.keys() == b.keys() and len(a) == 6
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-6)  # read() returns float32
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_key_reader_resumes_at_its_start_layer(arch):
+    """Reads after the first run only layers start..: same reads as full forwards, lower layers idle."""
+    from seqedit.data import EditRequest
+    from seqedit.models import spec as model_spec
+
+    model, tok = tiny(arch, num_layers=4)
+    model.to(torch.float64)
+    s = model_spec(model)
+    reqs = [EditRequest(prompt="The mother tongue of {} is", subject="Danielle", target_new="French"),
+            EditRequest(prompt="{} plays the", subject="Al", target_new="violin")]
+    temps = (("{}",), ("A b c. {}", "Hello there. {}"))
+    reader = keys.KeyReader(model, s, tok, reqs, temps, start=1, upto=3)
+    calls = []
+    with s.layer(model, 0).register_forward_hook(lambda *a: calls.append(1)):
+        first = reader([1], blocks=[3])
+        assert len(calls) == 1
+        gen = torch.Generator().manual_seed(0)
+        u = torch.randn(s.hidden_size, 1, generator=gen, dtype=torch.float64)
+        v = torch.randn(s.mlp_hidden_size, 1, generator=gen, dtype=torch.float64)
+        for layer in (1, 2):
+            with keys.added_deltas(model, s, {layer: (u, v)}):
+                got = reader([layer + 1], blocks=[3], mlp_outs=[layer])
+                want = keys.compute_keys(model, s, tok, reqs, temps, [layer + 1], blocks=[3], mlp_outs=[layer])
+            assert got.keys() == want.keys()
+            for name in want:
+                torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-6)
+            assert not torch.allclose(got[("bare_block", 3)], first[("bare_block", 3)])
+    assert len(calls) == 1 + 2  # the two compute_keys only; the reader's later reads start at layer 1

@@ -112,6 +112,15 @@ class EditContext:
     seed: int = 0
     memo: dict[str, Any] = field(default_factory=dict)
 
+    def derived(self, key: tuple, source: torch.Tensor, build: Callable[[torch.Tensor], Any]) -> Any:
+        """`build(source)` memoised under `key`, rebuilt when the provider hands out another tensor
+        or the same one changed in place: factorisations of C are computed once per session, not
+        once per edit."""
+        hit = self.memo.get(key)
+        if hit is None or hit[0] is not source or hit[1] != source._version:
+            hit = self.memo[key] = (source, source._version, build(source))
+        return hit[2]
+
     def require_second_moment(self, layer: int) -> torch.Tensor:
         if self.second_moment is None:
             raise ValueError(

@@ -81,22 +81,70 @@ def added_deltas(model, spec, deltas: dict[int, tuple[torch.Tensor, torch.Tensor
         yield
 
 
+class Resume:
+    """What reads of one batch need to start at layer `start` instead of the embeddings: the
+    input of that layer and the arguments the model passed to each layer from there up to `upto`
+    (the mask, rotary tables), recorded by the first read. Valid while no layer below `start`
+    changes — MEMIT's layer loop only ever adds updates at or above its first layer."""
+
+    def __init__(self, start: int, upto: int):
+        if upto < start:
+            raise ValueError(f"upto ({upto}) must be >= start ({start})")
+        self.start, self.upto = start, upto
+        self.hidden: torch.Tensor | None = None
+        self.calls: dict[int, tuple] = {}
+
+    def ready(self, deepest: int) -> bool:
+        return self.hidden is not None and all(i in self.calls for i in range(self.start, deepest + 1))
+
+    def record(self, stack: ExitStack, model, spec) -> None:
+        def keep(i):
+            def hook(module, args, kwargs):
+                if not args:  # hidden states passed by keyword: nothing safe to replay
+                    return
+                if i == self.start:
+                    self.hidden = args[0].clone()  # in case a model updates it in place
+                self.calls[i] = (args[1:], kwargs)
+            return hook
+
+        self.hidden, self.calls = None, {}
+        for i in range(self.start, self.upto + 1):
+            h = spec.layer(model, i).register_forward_pre_hook(keep(i), with_kwargs=True)
+            stack.callback(h.remove)
+
+    def run(self, model, spec, deepest: int) -> None:
+        h = self.hidden
+        for i in range(self.start, deepest + 1):
+            args, kwargs = self.calls[i]
+            out = spec.layer(model, i)(h, *args, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+
+
 @torch.no_grad()
-def read(model, spec, batch: _text.Batch, *, keys=(), blocks=(), mlp_outs=()) -> dict:
-    """One forward; returns `{("key"|"block"|"mlp_out", layer): [N, d] float32}` at `batch.lookup`."""
+def read(model, spec, batch: _text.Batch, *, keys=(), blocks=(), mlp_outs=(), resume: Resume | None = None) -> dict:
+    """One forward; returns `{("key"|"block"|"mlp_out", layer): [N, d] float32}` at `batch.lookup`.
+
+    With `resume`, the forward starts at `resume.start` when an earlier read recorded what that
+    needs; otherwise it runs the whole model (up to `resume.upto` at least) and records it.
+    """
     rows = torch.arange(batch.input_ids.shape[0], device=batch.lookup.device)
     found: dict = {}
     deepest = max([*keys, *blocks, *mlp_outs], default=None)
     if deepest is None:
         return found
+    replay = resume is not None and resume.ready(deepest)
+    run_on = resume is not None and not replay and resume.upto > deepest  # record layers later reads need
 
     def grab(name, layer, take_input):
         def hook(module, args, out):
             t = args[0] if take_input else (out[0] if isinstance(out, tuple) else out)
             found[(name, layer)] = t[rows, batch.lookup].float()
-            if layer == deepest and name == last_name:
+            if layer == deepest and name == last_name and not run_on:
                 raise _Stop
         return hook
+
+    def stop(module, args, out):
+        raise _Stop
 
     # The deepest layer's block output is produced after its MLP, so stop on that one if asked.
     last_name = "block" if deepest in blocks else ("mlp_out" if deepest in mlp_outs else "key")
@@ -110,8 +158,15 @@ def read(model, spec, batch: _text.Batch, *, keys=(), blocks=(), mlp_outs=()) ->
         for layer in blocks:
             m = spec.layer(model, layer)
             stack.callback(m.register_forward_hook(grab("block", layer, False)).remove)
+        if run_on:
+            stack.callback(spec.layer(model, resume.upto).register_forward_hook(stop).remove)
         try:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            if replay:
+                resume.run(model, spec, deepest)
+            else:
+                if resume is not None:
+                    resume.record(stack, model, spec)
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         except _Stop:
             pass
     return found
@@ -138,22 +193,36 @@ def compute_keys(model, spec, tokenizer, requests, templates, layers, *, blocks=
     `("bare_block", l)` for each layer in `blocks` (block output on the bare prompt) and
     `("bare_mlp_out", l)` for each layer in `mlp_outs` (MLP output on the bare prompt).
     """
-    if flat(templates)[0] != "{}":
-        raise ValueError("the first context template must be the bare prompt '{}'")
-    rows = _text.through_lookup(template_rows(tokenizer, requests, templates))
-    batch = _text.pad(rows, _text.pad_id(tokenizer), model_device(model))
-    found = read(model, spec, batch, keys=tuple(layers), blocks=tuple(blocks), mlp_outs=tuple(mlp_outs))
-    n_t = len(flat(templates))
-    out: dict = {}
-    for layer in layers:
-        k = found[("key", layer)]
-        out[layer] = group_mean(k, len(requests), templates)
-        out[("bare_key", layer)] = k[::n_t]
-    for layer in blocks:
-        out[("bare_block", layer)] = found[("block", layer)][::n_t]
-    for layer in mlp_outs:
-        out[("bare_mlp_out", layer)] = found[("mlp_out", layer)][::n_t]
-    return out
+    return KeyReader(model, spec, tokenizer, requests, templates)(layers, blocks=blocks, mlp_outs=mlp_outs)
+
+
+class KeyReader:
+    """`compute_keys` on one set of rows, callable repeatedly. With `start`/`upto` (see `Resume`)
+    the reads after the first run only layers `start`.. — MEMIT reads keys once per edited layer,
+    each time after updating the layer below, and the layers under its band never change."""
+
+    def __init__(self, model, spec, tokenizer, requests, templates, *, start=None, upto=None):
+        if flat(templates)[0] != "{}":
+            raise ValueError("the first context template must be the bare prompt '{}'")
+        self.model, self.spec, self.templates, self.n_requests = model, spec, templates, len(requests)
+        rows = _text.through_lookup(template_rows(tokenizer, requests, templates))
+        self.batch = _text.pad(rows, _text.pad_id(tokenizer), model_device(model))
+        self.resume = None if start is None else Resume(start, start if upto is None else upto)
+
+    def __call__(self, layers, *, blocks=(), mlp_outs=()) -> dict:
+        found = read(self.model, self.spec, self.batch, keys=tuple(layers), blocks=tuple(blocks),
+                     mlp_outs=tuple(mlp_outs), resume=self.resume)
+        n_t = len(flat(self.templates))
+        out: dict = {}
+        for layer in layers:
+            k = found[("key", layer)]
+            out[layer] = group_mean(k, self.n_requests, self.templates)
+            out[("bare_key", layer)] = k[::n_t]
+        for layer in blocks:
+            out[("bare_block", layer)] = found[("block", layer)][::n_t]
+        for layer in mlp_outs:
+            out[("bare_mlp_out", layer)] = found[("mlp_out", layer)][::n_t]
+        return out
 
 
 @torch.no_grad()

@@ -143,11 +143,13 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
 
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     deltas, used_keys = [], {}
+    # Layers below the band never change here: every key read after the first starts at layers[0].
+    reader = _keys.KeyReader(model, spec, tok, requests, templates, start=layers[0], upto=layers[-1])
     for i, layer in enumerate(layers):
         # "mlp_out" needs only this layer's output, so its key forward stops at this layer.
         step = reads if mode == "block" else {"mlp_outs": [layer]}
         with _keys.added_deltas(model, spec, factors):
-            found = _keys.compute_keys(model, spec, tok, requests, templates, [layer], **step)
+            found = reader([layer], **step)
         k = found[layer].double().T  # [d_in, b]
         if mode == "block":
             r = (z[:, 0] - current(found)[:, 0]).T / (len(layers) - i)  # [d, b]
@@ -201,16 +203,15 @@ def memit_solve(ctx: EditContext, layer: int, lam: float, k: torch.Tensor) -> to
     what = f"λ·C + KKᵀ at layer {layer}"
     if not bool(torch.isfinite(k).all()):
         return torch.full_like(k, float("nan"))
-    key = ("memit_factor", layer, float(lam), str(k.device))
-    hit = ctx.memo.get(key)
-    if hit is None or hit[0] is not c or hit[1] != c._version:
-        factor = None
+
+    def factorise(c):
         scaled = lam * c.to(k.device, torch.float64)
-        if lam > 0 and bool(torch.isfinite(scaled).all()):
-            chol, info = torch.linalg.cholesky_ex(scaled)
-            factor = chol if int(info) == 0 else None
-        ctx.memo[key] = hit = (c, c._version, factor)
-    factor = hit[2]
+        if not (lam > 0 and bool(torch.isfinite(scaled).all())):
+            return None
+        chol, info = torch.linalg.cholesky_ex(scaled)
+        return chol if int(info) == 0 else None
+
+    factor = ctx.derived(("memit_factor", layer, float(lam), str(k.device)), c, factorise)
     if factor is None:
         return cholesky_solve(lam * c.to(k.device, torch.float64) + k @ k.T, k, what)
     y = torch.cholesky_solve(k, factor)
