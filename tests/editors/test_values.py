@@ -161,6 +161,13 @@ def test_several_sites_need_mlp_out(llama, requests_):
                              layer=(1, 2), site="block", cfg=ValueConfig(v_num_grad_steps=1))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_no_injection_layer_is_a_clear_error(llama, requests_, fast):
+    with pytest.raises(ValueError, match="no injection layer"):
+        values.target_values(llama.model, llama.spec, llama.tokenizer, requests_[:1], _templates(llama),
+                             layer=(), site="mlp_out", cfg=ValueConfig(v_num_grad_steps=1, fast=fast))
+
+
 @pytest.mark.parametrize("arch,expect", [("llama64", True), ("gpt2_64", True), ("qwen2_64", True),
                                          ("gemma3_64", False)])
 def test_mlp_out_is_residual_by_behaviour(arch, expect, request):
