@@ -4,6 +4,7 @@
     python bench/editing.py --n 100 --methods rome,memit,alphaedit
     python bench/editing.py --quick               # tiny random Llama, seconds (mechanics only)
     python bench/editing.py --paired --n 10       # both paths edit by edit: fair on a busy machine
+    python bench/editing.py --paired --stop       # + ours with the opt-in early stop at argmax
     python bench/editing.py --model gemma3-270m --n 100 --reference-n 0 --methods rome,memit,alphaedit \
         --log gemma.jsonl                          # efficacy of the defaults on the first 100 records
 
@@ -11,8 +12,10 @@ Each method edits the first N records of the CounterFact edit split one at a tim
 Delta before the next edit (sequential), twice: once with the default (fast) value optimisation
 and once with `fast=False`, the reference path — a full forward per optimisation step, one
 request at a time, with a hook adding δ, as existing tools do. Everything else (keys, solves,
-templates) is shared, so the ratio is the ratio of the editors as a whole. Both runs start from
-the same weights. Efficacy is measured right after each edit: P(target_new) > P(target_true) by
+templates) is shared, so the ratio is the ratio of the editors as a whole. With `--stop` a third
+path runs ours with `early_stop_on_argmax=True` (off by default: it stops each optimisation once
+the target is the most probable token everywhere, so it computes fewer steps than the reference
+and its efficacy is measured, not assumed). All runs start from the same weights. Efficacy is measured right after each edit: P(target_new) > P(target_true) by
 mean per-token NLL on the filled prompt (teacher forcing), the session's own probe
 (`seqedit.session.probe`); every Delta is applied with the session's fused update. Seconds per edit count `compute` only
 (not the evaluation); process CPU seconds are given too — on a shared machine they are the
@@ -37,16 +40,23 @@ from seqedit.session.probe import request_probabilities, success
 from seqedit.stats import second_moments
 
 
-class Runner:
-    """One editing path (ours or the reference) on its own model: `step(request)` edits, applies,
-    commits and measures; `results` collects per-edit lists."""
+# The editing paths a run can compare: the config fields each one sets on top of the defaults.
+PATHS = {
+    "ours": {"fast": True},
+    "ours+stop": {"fast": True, "early_stop_on_argmax": True},  # opt-in: stop once the target is argmax
+    "reference": {"fast": False},
+}
 
-    def __init__(self, model, tokenizer, spec, method, second_moment, fast: bool, overrides: dict):
+
+class Runner:
+    """One editing path (a PATHS name) on its own model: `step(request)` edits, applies, commits
+    and measures; `results` collects per-edit lists."""
+
+    def __init__(self, model, tokenizer, spec, method, second_moment, path: str, overrides: dict):
         _, config_cls = editors.EDITORS[method]
-        overrides = {k: v for k, v in overrides.items() if k in config_cls.__dataclass_fields__}
-        if "fast" in config_cls.__dataclass_fields__:
-            overrides = {**overrides, "fast": fast}
-        self.model, self.tokenizer, self.method, self.fast = model, tokenizer, method, fast
+        fields = config_cls.__dataclass_fields__
+        overrides = {k: v for k, v in {**overrides, **PATHS[path]}.items() if k in fields}
+        self.model, self.tokenizer, self.method, self.path = model, tokenizer, method, path
         self.editor = editors.create(method, spec, **overrides)
         self.ctx = EditContext(tokenizer, spec, second_moment=second_moment, seed=0)
         cfg = self.editor.config
@@ -69,22 +79,22 @@ class Runner:
         steps = sum(s) if isinstance(s, list) else s
         for key, value in (("wall", wall), ("cpu", cpu), ("eff", eff), ("steps", steps)):
             self.results[key].append(value)
-        return {"method": self.method, "path": "ours" if self.fast else "reference",
+        return {"method": self.method, "path": self.path,
                 "i": len(self.results["eff"]) - 1, "case_id": request.case_id, "wall": wall, "cpu": cpu,
                 "efficacy": eff, "steps": steps, "p_new": probs["new"], "p_true": probs["true"],
                 **{k: delta.info[k] for k in ("p_last", "target_gap", "targets") if k in delta.info}}
 
 
-def has_reference(method) -> bool:
-    """FT optimises no target value, so it has no reference path."""
-    return "fast" in editors.EDITORS[method][1].__dataclass_fields__
+def has_path(method, path) -> bool:
+    """FT optimises no target value, so it has only the plain path."""
+    return path == "ours" or all(k in editors.EDITORS[method][1].__dataclass_fields__ for k in PATHS[path])
 
 
-def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, overrides: dict, log=None):
+def run(model, tokenizer, spec, method, requests, second_moment, path: str, overrides: dict, log=None):
     """One path, every request in turn (sequential: each edit applied before the next)."""
-    if not fast and not has_reference(method):
+    if not has_path(method, path):
         return None
-    runner = Runner(model, tokenizer, spec, method, second_moment, fast, overrides)
+    runner = Runner(model, tokenizer, spec, method, second_moment, path, overrides)
     for request in requests:
         record = runner.step(request)
         if log is not None:
@@ -92,17 +102,16 @@ def run(model, tokenizer, spec, method, requests, second_moment, fast: bool, ove
     return runner.results
 
 
-def run_paired(models, tokenizer, spec, method, requests, second_moment, overrides: dict, log=None):
-    """Both paths, each on its own model copy, alternating edit by edit (ours first on even edits),
-    so both see the same machine load: the fair ratio on a shared machine."""
-    runners = [Runner(m, tokenizer, spec, method, second_moment, fast, overrides)
-               for m, fast in zip(models, (True, False))]
+def run_paired(models, tokenizer, spec, method, requests, second_moment, paths, overrides: dict, log=None):
+    """Several paths, each on its own model copy, edit by edit in rotating order, so all see the
+    same machine load: the fair ratio on a shared machine."""
+    runners = [Runner(m, tokenizer, spec, method, second_moment, path, overrides) for m, path in zip(models, paths)]
     for i, request in enumerate(requests):
-        for runner in (runners if i % 2 == 0 else runners[::-1]):
+        for runner in runners[i % len(runners):] + runners[:i % len(runners)]:
             record = runner.step(request)
             if log is not None:
                 log(record)
-    return {True: runners[0].results, False: runners[1].results}
+    return {r.path: r.results for r in runners}
 
 
 def mean(xs) -> float:
@@ -121,7 +130,9 @@ def main(argv=None) -> None:
     ap.add_argument("--stats-tokens", type=int, default=20000, help="token budget of the key statistics")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--paired", action="store_true",
-                    help="run both paths edit by edit, alternating, each on its own model copy (--n edits)")
+                    help="run the paths edit by edit, in rotating order, each on its own model copy (--n edits)")
+    ap.add_argument("--stop", action="store_true",
+                    help="also run ours with early_stop_on_argmax (opt-in; computes fewer steps, so efficacy may differ)")
     ap.add_argument("--log", default=None, help="append one JSON line per edit to this file")
     ap.add_argument("--from-log", default=None, help="only print the table of an earlier --log file")
     args = ap.parse_args(argv)
@@ -154,18 +165,21 @@ def main(argv=None) -> None:
             with open(args.log, "a") as f:
                 f.write(line + "\n")
 
+    paths = ["ours", *(["ours+stop"] if args.stop else []), "reference"]
     rows = []
     for method in methods:
-        res = {}
-        if args.paired and has_reference(method):
+        todo = [p for p in paths if has_path(method, p)]
+        if args.paired and len(todo) > 1:
             model.load_state_dict(original)
-            copies = (model, copy.deepcopy(model))
-            res = run_paired(copies, tokenizer, spec, method, requests[:args.n], c.__getitem__, overrides, log)
+            copies = [model] + [copy.deepcopy(model) for _ in todo[1:]]
+            res = run_paired(copies, tokenizer, spec, method, requests[:args.n], c.__getitem__, todo, overrides, log)
             del copies
         else:
-            for fast, n in ((True, args.n), (False, ref_n)):
+            res = {}
+            for path in todo:
+                n = ref_n if path == "reference" else args.n
                 model.load_state_dict(original)
-                res[fast] = run(model, tokenizer, spec, method, requests[:n], c.__getitem__, fast, overrides, log) if n else None
+                res[path] = run(model, tokenizer, spec, method, requests[:n], c.__getitem__, path, overrides, log) if n else None
         rows.append((method, res))
     model.load_state_dict(original)
 
@@ -173,21 +187,21 @@ def main(argv=None) -> None:
 
 
 def print_table(rows, name: str, threads) -> None:
-    """rows: [(method, {True: ours, False: reference})], each a dict of per-edit lists or None.
-    s/edit and the speed-up cover the first k edits, k = the shorter of the two runs."""
+    """rows: [(method, {path: per-edit lists or None})]. s/edit and the speed-up over the
+    reference cover the first k edits, k = the shorter of that path's and the reference's runs."""
     print(f"\nSequential editing, {name}, CPU ({threads} threads), first CounterFact edit records; "
-          "s/edit and speed-up over the first k edits of both paths")
+          "s/edit and speed-up over the first k edits of the path and the reference")
     print(f"{'method':<10} {'path':<10} {'edits':>6} {'k':>4} {'s/edit':>8} {'cpu-s/edit':>11} "
           f"{'efficacy':>9} {'eff@k':>6} {'steps':>6} {'speedup':>8}")
     for method, res in rows:
-        ours, ref = res.get(True), res.get(False)
-        k = min(len(ours["eff"]), len(ref["eff"])) if ours and ref else None
-        for fast, r in ((True, ours), (False, ref)):
+        ref = res.get("reference")
+        for path, r in res.items():
             if not r:
                 continue
+            k = min(len(r["eff"]), len(ref["eff"])) if ref and path != "reference" else None
             head = slice(0, k)
             speed = f"{mean(ref['wall'][:k]) / mean(r['wall'][:k]):.2f}x" if k else "-"
-            print(f"{method:<10} {'ours' if fast else 'reference':<10} {len(r['eff']):>6} {k or '-':>4} "
+            print(f"{method:<10} {path:<10} {len(r['eff']):>6} {k or '-':>4} "
                   f"{mean(r['wall'][head]):>8.2f} {mean(r['cpu'][head]):>11.2f} {mean(r['eff']):>9.3f} "
                   f"{mean(r['eff'][head]):>6.3f} {mean(r['steps']):>6.1f} {speed:>8}")
 
@@ -198,7 +212,7 @@ def table_from_log(path: str) -> None:
     for line in open(path, encoding="utf-8"):
         rec = json.loads(line)
         key = (rec["model"], rec["method"])
-        r = runs.setdefault(key, {}).setdefault(rec["path"] == "ours", {"wall": [], "cpu": [], "eff": [], "steps": []})
+        r = runs.setdefault(key, {}).setdefault(rec["path"], {"wall": [], "cpu": [], "eff": [], "steps": []})
         for field, name in (("wall", "wall"), ("cpu", "cpu"), ("eff", "efficacy"), ("steps", "steps")):
             r[field].append(rec[name])
     for model in dict.fromkeys(m for m, _ in runs):
