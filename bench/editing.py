@@ -4,7 +4,7 @@
     python bench/editing.py --n 100 --methods rome,memit,alphaedit
     python bench/editing.py --quick               # tiny random Llama, seconds (mechanics only)
     python bench/editing.py --paired --n 10       # both paths edit by edit: fair on a busy machine
-    python bench/editing.py --paired --stop       # + ours with the opt-in early stop at argmax
+    python bench/editing.py --paired --stop       # + ours with the opt-in early stop (argmax, margin 1)
     python bench/editing.py --model gemma3-270m --n 100 --reference-n 0 --methods rome,memit,alphaedit \
         --log gemma.jsonl                          # efficacy of the defaults on the first 100 records
 
@@ -14,8 +14,8 @@ and once with `fast=False`, the reference path — a full forward per optimisati
 request at a time, with a hook adding δ, as existing tools do. Everything else (keys, solves,
 templates) is shared, so the ratio is the ratio of the editors as a whole. With `--stop` a third
 path runs ours with `early_stop_on_argmax=True` (off by default: it stops each optimisation once
-the target is the most probable token everywhere, so it computes fewer steps than the reference
-and its efficacy is measured, not assumed). All runs start from the same weights. Efficacy is
+the target beats every other token by more than `--margin` nats everywhere, so it computes fewer
+steps than the reference and its efficacy is measured, not assumed). All runs start from the same weights. Efficacy is
 measured right after each edit: P(target_new) > P(target_true) by mean per-token NLL on the
 filled prompt (teacher forcing), the session's own probe (`seqedit.session.probe`); every Delta
 is applied with the session's fused update. Seconds per edit count `compute` only
@@ -44,7 +44,7 @@ from seqedit.stats import second_moments
 # The editing paths a run can compare: the config fields each one sets on top of the defaults.
 PATHS = {
     "ours": {"fast": True},
-    "ours+stop": {"fast": True, "early_stop_on_argmax": True},  # opt-in: stop once the target is argmax
+    "ours+stop": {"fast": True, "early_stop_on_argmax": True},  # opt-in: stop once the target leads (--margin)
     "reference": {"fast": False},
 }
 
@@ -134,6 +134,8 @@ def main(argv=None) -> None:
                     help="run the paths edit by edit, in rotating order, each on its own model copy (--n edits)")
     ap.add_argument("--stop", action="store_true",
                     help="also run ours with early_stop_on_argmax (opt-in; computes fewer steps, so efficacy may differ)")
+    ap.add_argument("--margin", type=float, default=1.0,
+                    help="argmax_margin of the --stop path: nats by which the target must beat every other token (default 1)")
     ap.add_argument("--log", default=None, help="append one JSON line per edit to this file")
     ap.add_argument("--from-log", default=None, help="only print the table of an earlier --log file")
     args = ap.parse_args(argv)
@@ -151,6 +153,7 @@ def main(argv=None) -> None:
         model, tokenizer = load(args.model)
         overrides = {}
         name = args.model
+    overrides["argmax_margin"] = args.margin  # read only where early_stop_on_argmax is on
     spec = model_spec(model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     layers = sorted({*spec.default_edit_layers(), spec.default_rome_layer()})

@@ -40,6 +40,7 @@ def test_create_derives_defaults_from_spec(llama, gpt2):
     ("memit", {"mom2_update_weight": -1}, "mom2_update_weight"),
     ("memit", {"v_num_grad_steps": 0}, "v_num_grad_steps"),
     ("memit", {"kl_prompt": "no placeholder"}, "kl_prompt"),
+    ("memit", {"argmax_margin": -0.5}, "argmax_margin"),
     ("alphaedit", {"nullspace_threshold": 2.0}, "nullspace_threshold"),
     ("alphaedit", {"l2_weight": 0}, "l2_weight"),
     ("ft", {"norm_constraint": 0}, "norm_constraint"),

@@ -102,6 +102,58 @@ def test_argmax_early_stop_never_takes_more_steps(llama64, requests_):
     assert early.steps == ref.steps
 
 
+def _linear_problem(seed=0, b=3, d=16, vocab=40):
+    """A stand-in for a model: target log-probs are log_softmax(A_j (v + δ)) for two target
+    positions per request, so the optimisation can make any target the argmax quickly."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(b, 2, vocab, d, generator=g)
+    kl_a = torch.randn(vocab, d, generator=g)
+    v = torch.randn(b, 1, d, generator=g)
+    tok = torch.randint(vocab, (b * 2,), generator=g)
+    req = torch.arange(b).repeat_interleave(2)
+    p = values._Problem(batch=None, req_of_row=torch.arange(b), first_row=torch.arange(b), kl_row=torch.arange(b),
+                        tgt_row=req, tgt_pos=torch.zeros(2 * b, dtype=torch.long), tgt_tok=tok, tgt_req=req,
+                        tgt_w=torch.full((2 * b,), 0.5), tgt_row_w=torch.full((2 * b,), 0.5), n_req=b, n_rows=b)
+
+    def forward(delta):
+        h = v + delta
+        lp_t = torch.log_softmax(torch.einsum("bjvd,bd->bjv", a, h[:, 0]).reshape(2 * b, vocab), -1)
+        return lp_t, torch.log_softmax(h[:, 0] @ kl_a.T, -1), v
+
+    def margins(delta):
+        with torch.no_grad():
+            lp = forward(delta)[0]
+        return (lp.gather(1, tok[:, None])[:, 0] - lp.scatter(1, tok[:, None], float("-inf")).amax(-1)).view(b, 2)
+
+    return p, forward, margins, d
+
+
+@pytest.mark.parametrize("margin", [0.0, 1.0, 3.0])
+def test_argmax_stop_holds_its_margin(margin):
+    """Every request stopped by the argmax rule beats each rival token by more than the margin at
+    both its target positions, with the δ it stopped at; the step before did not."""
+    p, forward, margins, d = _linear_problem()
+    cfg = ValueConfig(v_num_grad_steps=60, v_lr=0.2, early_stop_loss=0.0, early_stop_on_argmax=True,
+                      argmax_margin=margin, clamp_norm_factor=100.0)
+    res = values._optimise(forward, p, 1, d, "cpu", cfg, trace=True)
+    assert all(0 < s < 59 for s in res.steps), res.steps
+    for i, s in enumerate(res.steps):
+        assert (margins(res.delta[:, None])[i] > margin).all()
+        before = res.trajectory[i][s - 2] if s >= 2 else torch.zeros(d)
+        assert not (margins(before.expand(p.n_req, 1, d))[i] > margin).all()
+
+
+def test_a_larger_margin_never_stops_earlier():
+    p, forward, _, d = _linear_problem(seed=1)
+    steps = []
+    for margin in (0.0, 0.5, 2.0, 4.0):
+        cfg = ValueConfig(v_num_grad_steps=60, v_lr=0.2, early_stop_loss=0.0, early_stop_on_argmax=True,
+                          argmax_margin=margin, clamp_norm_factor=100.0)
+        steps.append(values._optimise(forward, p, 1, d, "cpu", cfg, trace=False).steps)
+    assert all(all(x <= y for x, y in zip(a, b)) for a, b in zip(steps, steps[1:])), steps
+    assert steps[0] != steps[-1]
+
+
 def test_v_init_is_the_unedited_hidden_state(llama, requests_):
     temps = _templates(llama)
     cfg = ValueConfig(v_num_grad_steps=1)

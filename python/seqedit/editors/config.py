@@ -33,6 +33,10 @@ class ValueConfig:
     # Stop a request as soon as its target is the argmax at every scored position (ENCORE's
     # "most probable" stop). Off by default: upstream runs until loss < early_stop_loss.
     early_stop_on_argmax: bool = False
+    # With early_stop_on_argmax: the target must beat every other token by more than this many
+    # nats of log-probability. MEMIT realises only part of δ through its least-squares update, so a
+    # bare argmax inside the optimisation can land short once the edit is applied.
+    argmax_margin: float = 0.0
     kl_prompt: str = "{} is a"
     context_template_starts: tuple[str, ...] = DEFAULT_STARTS
     context_template_length: int = 10
@@ -62,6 +66,8 @@ class ValueConfig:
             yield f"kl_factor must be >= 0, got {self.kl_factor}"
         if not self.early_stop_loss >= 0:
             yield f"early_stop_loss must be >= 0, got {self.early_stop_loss}"
+        if not self.argmax_margin >= 0:
+            yield f"argmax_margin must be >= 0, got {self.argmax_margin}"
         if self.kl_prompt.count("{}") != 1:
             yield f"kl_prompt must contain exactly one '{{}}', got {self.kl_prompt!r}"
         if not (isinstance(self.context_template_length, int) and self.context_template_length >= 1):

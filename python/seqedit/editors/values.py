@@ -11,7 +11,8 @@ edited layer at each mlp_out output) at the subject's last token of every rewrit
                                                    summed over sites when there are several)
 
 minimised with Adam(v_lr) for at most v_num_grad_steps forwards; a request stops when its loss
-< early_stop_loss (or, optionally, once its target is the argmax everywhere); after every update
+< early_stop_loss (or, optionally, once its target beats every other token by more than
+argmax_margin nats at every scored position); after every update
 ‖δ‖ is clamped to clamp_norm_factor · ‖v_init‖. The KL term is torch's
 `kl_div(init, cur, log_target=True)`, i.e. KL(current ‖ initial) — what upstream computes, even
 though its docs call it the other way round. v* = v_init + δ.
@@ -162,8 +163,9 @@ def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace
             row_nll = torch.zeros(p.n_rows, device=device).index_add(0, p.tgt_row, -tok_lp * p.tgt_row_w)
             prob = torch.zeros(b, device=device).index_add(0, p.req_of_row[rew], torch.exp(-row_nll[rew]))
             prob = (prob / n_prompts).cpu()
-            wrong = (lp_t.argmax(-1) != p.tgt_tok).float()
-            argmax_ok = torch.zeros(b, device=device).index_add(0, p.tgt_req, wrong).cpu() == 0
+            rival = lp_t.scatter(1, p.tgt_tok[:, None], float("-inf")).amax(-1)
+            short = (tok_lp - rival <= cfg.argmax_margin).float()
+            argmax_ok = torch.zeros(b, device=device).index_add(0, p.tgt_req, short).cpu() == 0
             loss = loss_t.detach().cpu()
         stop = (loss < cfg.early_stop_loss) | (it == cfg.v_num_grad_steps - 1)
         if cfg.early_stop_on_argmax:
