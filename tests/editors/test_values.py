@@ -95,13 +95,6 @@ def test_clamp_bounds_delta(llama64, requests_):
     assert (fast.delta.norm(dim=1) <= bound * (1 + 1e-9)).all()
 
 
-def test_argmax_early_stop_never_takes_more_steps(llama64, requests_):
-    base, _ = _both(llama64, requests_[:2], "block", 1, v_lr=2.0)
-    early, ref = _both(llama64, requests_[:2], "block", 1, v_lr=2.0, early_stop_on_argmax=True)
-    assert all(e <= b for e, b in zip(early.steps, base.steps))
-    assert early.steps == ref.steps
-
-
 def _linear_problem(seed=0, b=3, d=16, vocab=40):
     """A stand-in for a model: target log-probs are log_softmax(A_j (v + δ)) for two target
     positions per request, so the optimisation can make any target the argmax quickly."""
