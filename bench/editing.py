@@ -4,7 +4,7 @@
     python bench/editing.py --n 100 --methods rome,memit,alphaedit
     python bench/editing.py --quick               # tiny random Llama, seconds (mechanics only)
     python bench/editing.py --paired --n 10       # both paths edit by edit: fair on a busy machine
-    python bench/editing.py --paired --stop       # + ours with the opt-in early stop (argmax, margin 1)
+    python bench/editing.py --paired --stop       # + ours with the opt-in early stop (target leads by 1 nat)
     python bench/editing.py --model gemma3-270m --n 100 --reference-n 0 --methods rome,memit,alphaedit \
         --log gemma.jsonl                          # efficacy of the defaults on the first 100 records
 
@@ -135,7 +135,8 @@ def main(argv=None) -> None:
     ap.add_argument("--stop", action="store_true",
                     help="also run ours with early_stop_on_argmax (opt-in; computes fewer steps, so efficacy may differ)")
     ap.add_argument("--margin", type=float, default=1.0,
-                    help="argmax_margin of the --stop path: nats by which the target must beat every other token (default 1)")
+                    help="argmax_margin of the --stop path: nats by which the target must beat every other "
+                         "token (default 1; 0 is a bare argmax)")
     ap.add_argument("--log", default=None, help="append one JSON line per edit to this file")
     ap.add_argument("--from-log", default=None, help="only print the table of an earlier --log file")
     args = ap.parse_args(argv)

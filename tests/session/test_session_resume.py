@@ -190,6 +190,24 @@ def test_resume_refuses_wrong_model_editor_or_a_busy_directory(tmp_path):
         EditSession.resume(tmp_path / "nothing", fresh, tok, method=FakeEditor(spec))
 
 
+def test_resume_accepts_a_config_field_added_later_at_its_default(tmp_path):
+    """A ledger written before a config field existed (its manifest lacks the field) resumes
+    while the field holds its default, and names the field when it does not."""
+    model, tok = tiny("llama", seed=0)
+    spec = model_spec(model)
+    with EditSession(model, tok, FakeEditor(spec), ledger_dir=tmp_path / "s") as session:
+        session.edit(make_requests(2), progress=False)
+    path = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["config"]["zero"]
+    path.write_text(json.dumps(manifest))
+    fresh, _ = tiny("llama", seed=0)
+    with pytest.raises(LedgerError, match=r"differing: \['zero'\]"):
+        EditSession.resume(tmp_path / "s", fresh, tok, method=FakeEditor(spec, FakeConfig(zero=(7,))))
+    with EditSession.resume(tmp_path / "s", fresh, tok, method=FakeEditor(spec), progress=False) as ok:
+        assert ok.live_edits == [0, 1]
+
+
 def test_corrupt_line_is_an_error_naming_it(tmp_path):
     model, tok = tiny("llama", seed=0)
     spec = model_spec(model)

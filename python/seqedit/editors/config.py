@@ -35,7 +35,9 @@ class ValueConfig:
     early_stop_on_argmax: bool = False
     # With early_stop_on_argmax: the target must beat every other token by more than this many
     # nats of log-probability. MEMIT realises only part of δ through its least-squares update, so a
-    # bare argmax inside the optimisation can land short once the edit is applied.
+    # bare argmax inside the optimisation can land short once the edit is applied: on SmolLM2-135M
+    # margin 0 kept 19/20 MEMIT edits, margin 1 kept 99/100. The default 0 is the bare argmax this
+    # flag meant before the field existed (ledgers written then resume with it).
     argmax_margin: float = 0.0
     kl_prompt: str = "{} is a"
     context_template_starts: tuple[str, ...] = DEFAULT_STARTS

@@ -1,6 +1,7 @@
 """Rebuilding a session on a fresh base model: identity checks and replay of the ledger."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -8,7 +9,7 @@ import torch
 
 from ..editors.base import Delta, LayerDelta
 from .. import __version__
-from .hashing import canonical_json, config_dict, fingerprint_mismatch
+from .hashing import canonical_json, config_dict, fingerprint_mismatch, jsonable
 from .ledger import Ledger, LedgerError
 from .moments import SecondMoments
 
@@ -69,17 +70,34 @@ def model_identity(model: torch.nn.Module, spec: Any) -> dict[str, Any]:
 
 def check_same_editor(directory: Any, manifest: dict, method: str, config: Any) -> None:
     """Continuing a ledger with other hyperparameters would mix two experiments in one run.
-    The seqedit version may differ (every line records its own); method and config may not."""
+    The seqedit version may differ (every line records its own); method and config may not.
+    A field the recorded config lacks was added by a later seqedit; it matches while it holds its
+    default, which by rule reproduces what that field's absence meant."""
     now = config_dict(config)
-    if method != manifest["method"] or now != manifest["config"]:
-        fields = sorted(k for k in set(now) | set(manifest["config"])
-                        if now.get(k) != manifest["config"].get(k))
+    recorded = {**_defaults(config, set(now) - set(manifest["config"])), **manifest["config"]}
+    if method != manifest["method"] or now != recorded:
+        fields = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
         raise LedgerError(f"{directory} was written by {manifest['method']!r} with another config "
                           f"than this {method!r} editor's (differing: {fields}); resume with the "
                           "recorded config (method=None rebuilds it)")
     if manifest["seqedit_version"] != __version__:
         log.warning("%s was started with seqedit %s, continuing with %s", directory,
                     manifest["seqedit_version"], __version__)
+
+
+def _defaults(config: Any, names: set[str]) -> dict[str, Any]:
+    """The JSON form of the dataclass defaults of `names` in `config` (those that have one)."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.name not in names:
+            continue
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = jsonable(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = jsonable(f.default_factory())
+    return out
 
 
 def check_base_model(model: torch.nn.Module, spec: Any, manifest: dict[str, Any],
