@@ -99,3 +99,8 @@ def test_key_reader_resumes_at_its_start_layer(arch):
                 torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-6)
             assert not torch.allclose(got[("bare_block", 3)], first[("bare_block", 3)])
     assert len(calls) == 1 + 2  # the two compute_keys only; the reader's later reads start at layer 1
+
+
+def test_key_reader_range_must_not_be_empty():
+    with pytest.raises(ValueError, match=r"upto \(1\) must be >= start \(2\)"):
+        keys.Resume(start=2, upto=1)
