@@ -15,12 +15,12 @@ request at a time, with a hook adding δ, as existing tools do. Everything else 
 templates) is shared, so the ratio is the ratio of the editors as a whole. With `--stop` a third
 path runs ours with `early_stop_on_argmax=True` (off by default: it stops each optimisation once
 the target beats every other token by more than `--margin` nats everywhere, so it computes fewer
-steps than the reference and its efficacy is measured, not assumed). All runs start from the same weights. Efficacy is
-measured right after each edit: P(target_new) > P(target_true) by mean per-token NLL on the
-filled prompt (teacher forcing), the session's own probe (`seqedit.session.probe`); every Delta
-is applied with the session's fused update. Seconds per edit count `compute` only
-(not the evaluation); process CPU seconds are given too — on a shared machine they are the
-steadier number. Key statistics come from `seqedit.stats.second_moments` (small token budget,
+steps than the reference and its efficacy is measured, not assumed). All runs start from the
+same weights. Efficacy is measured right after each edit: P(target_new) > P(target_true) by mean
+per-token NLL on the filled prompt (teacher forcing), the session's own probe
+(`seqedit.session.probe`); every Delta is applied with the session's fused update. Seconds per
+edit count `compute` only (not the evaluation); process CPU seconds are given too — on a shared
+machine they are the steadier number. Key statistics come from `seqedit.stats.second_moments` (small token budget,
 cached on disk).
 """
 from __future__ import annotations

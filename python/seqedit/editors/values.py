@@ -163,13 +163,10 @@ def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace
             row_nll = torch.zeros(p.n_rows, device=device).index_add(0, p.tgt_row, -tok_lp * p.tgt_row_w)
             prob = torch.zeros(b, device=device).index_add(0, p.req_of_row[rew], torch.exp(-row_nll[rew]))
             prob = (prob / n_prompts).cpu()
-            rival = lp_t.scatter(1, p.tgt_tok[:, None], float("-inf")).amax(-1)
-            short = (tok_lp - rival <= cfg.argmax_margin).float()
-            argmax_ok = torch.zeros(b, device=device).index_add(0, p.tgt_req, short).cpu() == 0
             loss = loss_t.detach().cpu()
         stop = (loss < cfg.early_stop_loss) | (it == cfg.v_num_grad_steps - 1)
         if cfg.early_stop_on_argmax:
-            stop |= argmax_ok
+            stop |= _leads(lp_t.detach(), tok_lp.detach(), p, cfg.argmax_margin)
         stop &= active
         for i in range(b):
             if it == 0:
@@ -198,6 +195,14 @@ def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace
     d = delta.detach()
     return ValueResult(_sites(v_last + d), _sites(v_init), _sites(d), steps, p_first, p_last, last_loss,
                        trajectory)
+
+
+def _leads(lp_t, tok_lp, p: _Problem, margin: float) -> torch.Tensor:
+    """[b] bool (CPU): the request's target beats every other token by more than `margin` at each
+    of its scored positions."""
+    rival = lp_t.scatter(1, p.tgt_tok[:, None], float("-inf")).amax(-1)
+    short = (tok_lp - rival <= margin).float()
+    return torch.zeros(p.n_req, device=lp_t.device).index_add(0, p.tgt_req, short).cpu() == 0
 
 
 def _sites(x: torch.Tensor) -> torch.Tensor:
