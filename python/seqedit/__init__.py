@@ -1,6 +1,6 @@
 """seqedit: sequential knowledge editing of language models that measures and limits the damage edits do."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["EditSession", "__version__"]
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..data import EditRequest
 from ..editors.base import Delta, EditContext
 from . import peft_export

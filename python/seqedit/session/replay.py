@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ..editors.base import Delta, LayerDelta
-from .. import __version__
+from .._version import __version__
 from .hashing import canonical_json, config_dict, fingerprint_mismatch, jsonable
 from .ledger import Ledger, LedgerError
 from .moments import SecondMoments
