@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from .._atomic import fsync_dir, fsync_file, write_durable
+from .._cache_root import cache_root
+
 # Bump when the conversion changes what lands in the cache (tokenizer repair, config fixes, ...).
 _FORMAT = 1
 _MARKER = "seqedit-source.json"
@@ -72,11 +75,6 @@ PACKAGED = MappingProxyType({
 })
 
 
-def cache_root() -> Path:
-    """`$SEQEDIT_CACHE`, else `~/.cache/seqedit`."""
-    return Path(os.environ.get("SEQEDIT_CACHE") or Path.home() / ".cache" / "seqedit").expanduser()
-
-
 def locate(model: PackagedModel) -> list[Path]:
     """Paths of the installed GGUF parts; raises `ModelUnavailableError` naming what to install."""
     paths, missing = [], []
@@ -120,13 +118,20 @@ def ensure_converted(model: PackagedModel, *, progress: bool = True) -> Path:
             print(f"seqedit: converting {model.name} from GGUF to {final} (once) ...", flush=True)
         info = _convert(model, paths, staging)
         info["seconds"] = round(time.perf_counter() - started, 1)
-        (staging / _MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        # The marker says "complete", so everything it vouches for reaches the disk first.
+        for path in staging.iterdir():
+            if path.is_file():
+                fsync_file(path)
+        write_durable(staging / _MARKER, (json.dumps(info, indent=2) + "\n").encode())
+        fsync_dir(staging)
         try:
             os.rename(staging, final)
         except OSError:
             # Another process finished first; its copy is as good as ours.
             if not (final / _MARKER).is_file():
                 raise
+        else:
+            fsync_dir(final.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .. import _tensor_hash as tensor_hash
+
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: equal values give equal bytes."""
@@ -65,10 +67,9 @@ def config_hash(method: str, config: Any, version: str) -> str:
 
 def tensor_fingerprint(tensor: torch.Tensor) -> dict[str, Any]:
     """sha256 of a tensor's exact bytes plus its dtype and shape (for readable mismatch errors)."""
-    data = tensor.detach().to("cpu").contiguous().reshape(-1)
     digest = hashlib.sha256()
-    digest.update(f"{data.dtype}|{list(tensor.shape)}|".encode())
-    digest.update(memoryview(data.view(torch.uint8).numpy()))
+    # This header layout (no name, shape as a list) predates the shared helper; ledgers store it.
+    tensor_hash.update(digest, tensor, f"{tensor.dtype}|{list(tensor.shape)}|")
     return {"sha256": digest.hexdigest(), "dtype": str(tensor.dtype).removeprefix("torch."),
             "shape": list(tensor.shape)}
 

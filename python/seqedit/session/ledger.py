@@ -25,6 +25,7 @@ from typing import Any
 
 import safetensors.torch
 
+from .._atomic import fsync_dir, write_all, write_atomic, write_durable
 from ..editors.base import Delta
 from .hashing import canonical_json
 
@@ -65,39 +66,6 @@ class Entry:
 
 def delta_file_name(edit_id: int) -> str:
     return f"{edit_id:06d}.safetensors"
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # pragma: no cover - directories cannot be opened there
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a mix, even across a power cut."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_durable(tmp, data)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -141,7 +109,7 @@ class Ledger:
         ledger = cls(root, manifest)
         write_atomic(root / MANIFEST, json.dumps(manifest, indent=1).encode())
         ledger._open_fd(create=True)
-        _fsync_dir(root)
+        fsync_dir(root)
         return ledger
 
     @classmethod
@@ -263,7 +231,7 @@ class Ledger:
         data = (json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n").encode()
         start = self._size
         try:
-            _write_all(self._fd, data)
+            write_all(self._fd, data)
             os.fsync(self._fd)
         except BaseException:
             try:
@@ -310,7 +278,7 @@ class Ledger:
         for entry in self.entries.values():
             if entry.delta:
                 blob = (self.root / entry.delta["file"]).read_bytes()
-                _write_durable(dest / entry.delta["file"], blob)
-        _write_durable(dest / LEDGER, os.pread(self._fd, self._size, 0))
-        _fsync_dir(dest / DELTAS)
+                write_durable(dest / entry.delta["file"], blob)
+        write_durable(dest / LEDGER, os.pread(self._fd, self._size, 0))
+        fsync_dir(dest / DELTAS)
         write_atomic(dest / MANIFEST, json.dumps(manifest, indent=1).encode())

@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from .. import ops
-from .ledger import write_atomic
+from .._atomic import write_atomic
 
 _EPS32 = torch.finfo(torch.float32).eps
 

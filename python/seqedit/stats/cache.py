@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .. import _tensor_hash as tensor_hash
+from .._atomic import replace_atomic
+from .._cache_root import cache_root
 
 FORMAT_VERSION = 1
 _FORMAT = f"seqedit.stats/{FORMAT_VERSION}"
@@ -31,8 +34,7 @@ class StatsCacheWarning(UserWarning):
 
 
 def default_dir() -> Path:
-    root = os.environ.get("SEQEDIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "seqedit")
-    return Path(root) / "stats"
+    return cache_root() / "stats"
 
 
 def sha(*parts: Any) -> str:
@@ -49,12 +51,7 @@ def _tensor_digest(named: list[tuple[str, torch.Tensor]]) -> str:
     # stale statistic is a silent error.
     h = hashlib.sha256()
     for name, t in named:
-        if t.device.type == "meta":
-            raise ValueError(f"cannot fingerprint {name}: it is on the meta device (not materialized)")
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        data = t.detach().to("cpu").contiguous().reshape(-1)
-        if data.numel():
-            h.update(memoryview(data.view(torch.uint8).numpy()))
+        tensor_hash.update(h, t, tensor_hash.named_header(name, t))
     return h.hexdigest()
 
 
@@ -125,9 +122,7 @@ def _backend_definition(backend: Any) -> str:
 def file_checksum(tensors: dict[str, torch.Tensor], key: str) -> str:
     h = hashlib.sha256(key.encode())
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        tensor_hash.update(h, tensors[name], tensor_hash.named_header(name, tensors[name]))
     return h.hexdigest()
 
 
@@ -136,21 +131,7 @@ def write(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = {"format": _FORMAT, "key": key, "checksum": file_checksum(tensors, key)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def read(path: Path, key: str) -> dict[str, torch.Tensor] | None:
