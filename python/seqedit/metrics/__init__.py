@@ -9,7 +9,7 @@ Each evaluator follows the seam in `base` (prepare on the unedited weights, eval
 every number labelled with its protocol); `registry` names them. `docs/protocol.md` says exactly
 what each metric computes. This package sits below `seqedit.session` and never imports it.
 """
-from .base import (AFTER_ALL, AFTER_EACH, EvalContext, EvalResult, Evaluator, Metric)
+from .base import AFTER_ALL, AFTER_EACH, EvalContext, EvalResult, Evaluator, Metric
 from .registry import available, create, register_evaluator
 
 __all__ = ["AFTER_ALL", "AFTER_EACH", "EvalContext", "EvalResult", "Evaluator", "Metric",

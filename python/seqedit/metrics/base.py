@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -60,7 +61,7 @@ class Metric:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Metric":
+    def from_dict(cls, data: dict[str, Any]) -> Metric:
         return cls(data["name"], data.get("value"), dict(data.get("protocol") or {}),
                    data.get("n"), data.get("stderr"), data.get("note"))
 
@@ -100,7 +101,7 @@ class EvalResult:
                 "metrics": [m.to_dict() for m in self.metrics], "info": self.info}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EvalResult":
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
         return cls(data["evaluator"], [Metric.from_dict(m) for m in data.get("metrics", [])],
                    data.get("step", 0), data.get("live_edits", 0),
                    data.get("schedule", AFTER_ALL), data.get("seconds", 0.0),
@@ -121,7 +122,7 @@ class EvalContext:
     spec: Any  # seqedit.models.ModelSpec
     weights: tuple[str, ...] = ()
     base_weight: Callable[[str], torch.Tensor] | None = None
-    unedited: Callable[[], ContextManager[None]] = contextlib.nullcontext
+    unedited: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
     live_requests: Callable[[], list] = list
     step: int = 0
     live_edits: int = 0

@@ -8,7 +8,8 @@ and evaluators keep all their own state in their objects.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _BUILTIN = {
     "editing": "seqedit.metrics.editing:EditingEvaluator",
