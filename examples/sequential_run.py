@@ -13,13 +13,13 @@ edits exactly; `--export` writes the live edits as a PEFT LoRA adapter for the b
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from seqedit import data, models
 from seqedit.session import EditSession
-from seqedit.session.ledger import LEDGER, MANIFEST
+from seqedit.session.ledger import MANIFEST
+from seqedit.session.reader import read_run
 
 
 def open_session(directory: Path, model, tokenizer, method: str, options: dict, **config):
@@ -67,20 +67,14 @@ def run(model, tokenizer, directory, *, n: int, method: str = "memit", stats_opt
 def status(directory) -> dict:
     """Progress of the session in `directory`, read from its ledger without opening the session
     (safe while a run is writing to it: a line still being written is ignored)."""
-    records = []
-    for line in (Path(directory) / LEDGER).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    edits = [r for r in records if r.get("type") == "edit"]
-    rolled = {r["edit_id"] for r in records if r.get("type") == "rollback"}
+    run = read_run(directory)
+    edits = run.edits
     probs = [p for r in edits for p in r.get("probabilities") or []]
     applied = [r for r in edits if r.get("status") == "applied"]
     seconds = [r["timings"]["total_s"] for r in applied if r.get("timings")]
     return {
         "edits": len(edits), "applied": len(applied), "refused": len(edits) - len(applied),
-        "rolled_back": len(rolled), "successful": sum(bool(p.get("success")) for p in probs),
+        "rolled_back": len(run.rolled_back), "successful": sum(bool(p.get("success")) for p in probs),
         "scored": len(probs), "seconds_per_edit": sum(seconds) / len(seconds) if seconds else None,
     }
 

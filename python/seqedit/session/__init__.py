@@ -1,11 +1,12 @@
 """Sequential editing sessions: apply, log, roll back, resume, save and export edits.
 
 `EditSession` is the entry point (`core`); `ledger` defines the on-disk format, `probe` the
-before/after probabilities, `replay` how a directory is rebuilt on a base model, `peft_export`
-the LoRA adapter export.
+before/after probabilities, `replay` how a directory is rebuilt on a base model, `reader` the
+read-only view of a directory (`read_run`), `peft_export` the LoRA adapter export.
 """
 from .core import EditSession
 from .ledger import LedgerError
+from .reader import Run, read_run
 from .results import EditRefused, EditResult, RollbackError
 
-__all__ = ["EditSession", "EditResult", "EditRefused", "LedgerError", "RollbackError"]
+__all__ = ["EditSession", "EditResult", "EditRefused", "LedgerError", "RollbackError", "Run", "read_run"]

@@ -10,7 +10,6 @@ base weights and the ledger. See `seqedit.session.ledger` for the directory form
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import numbers
 import tempfile
@@ -27,9 +26,10 @@ from . import peft_export
 from .checks import (apply_delta, as_requests, check_structure, refusal, split_done,
                      validate_requests)
 from .hashing import config_dict, config_hash, jsonable, request_key, tensor_fingerprint
-from .ledger import FORMAT, FORMAT_VERSION, LEDGER, Ledger, LedgerError
+from .ledger import FORMAT, FORMAT_VERSION, Ledger, LedgerError
 from .moments import SecondMoments
 from .probe import request_probabilities, success
+from .reader import read_run
 from .replay import (check_base_model, check_same_editor, declared_layers, model_identity,
                      portable_memo, replay, restore_memo)
 from .results import APPLIED, REFUSED, SKIPPED, EditRefused, EditResult, RollbackError
@@ -302,10 +302,7 @@ class EditSession:
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The ledger's lines as dicts, oldest first (read from disk)."""
-        with open(self._ledger.root / LEDGER, encoding="utf-8") as handle:
-            for line in handle:
-                if line.endswith("\n"):
-                    yield json.loads(line)
+        yield from read_run(self._ledger.root).records
 
     def save(self, directory: str | Path) -> Path:
         """Copy the session (manifest, ledger, deltas) to `directory`, which `EditSession.load`

@@ -1,0 +1,80 @@
+"""Reading a session directory without opening the session: for progress reports, evaluations
+and tools that look at a run while it is being written.
+
+No lock is taken and nothing is repaired, so this is safe next to the one writer. What a crash
+(or the writer, right now) may leave at the end is ignored: bytes after the last newline, and a
+last line that does not parse. Every earlier line was committed, so one that does not parse means
+the file was damaged, and that is an error.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .ledger import LEDGER, LedgerError, read_manifest
+
+
+@dataclass(frozen=True)
+class Run:
+    """One snapshot of a session directory: its manifest and every committed ledger line."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    records: list[dict[str, Any]]  # ledger lines in order, every type (edit, rollback, eval, ...)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("type") == kind]
+
+    @property
+    def edits(self) -> list[dict[str, Any]]:
+        """Edit lines, applied and refused."""
+        return self.of_type("edit")
+
+    @property
+    def rollbacks(self) -> list[dict[str, Any]]:
+        return self.of_type("rollback")
+
+    @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """`eval` lines: {"type": "eval", "step", "live_edits", "evaluator", "result"}."""
+        return self.of_type("eval")
+
+    @property
+    def rolled_back(self) -> frozenset[int]:
+        return frozenset(r["edit_id"] for r in self.rollbacks)
+
+    @property
+    def live_edit_ids(self) -> list[int]:
+        """Applied edits not rolled back, in ledger order: what a resumed session would hold."""
+        gone = self.rolled_back
+        return [r["edit_id"] for r in self.edits
+                if r.get("status") == "applied" and r["edit_id"] not in gone]
+
+
+def read_run(directory: str | os.PathLike) -> Run:
+    """The manifest and committed ledger lines of the session in `directory`.
+
+    Raises LedgerError when `directory` holds no session or a line before the last is not a JSON
+    object (naming the file and line number).
+    """
+    root = Path(directory)
+    manifest = read_manifest(root)
+    path = root / LEDGER
+    # No ledger file yet: the writer was stopped between writing the manifest and the ledger.
+    data = path.read_bytes() if path.exists() else b""
+    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            if number == len(lines):
+                break
+            raise LedgerError(f"{path}:{number}: not JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise LedgerError(f"{path}:{number}: a {type(record).__name__}, not a JSON object")
+        records.append(record)
+    return Run(root, manifest, records)
