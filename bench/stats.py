@@ -116,7 +116,7 @@ def main() -> None:
         lambda: second_moments(model, tok, layers, corpus=docs, cache=False, progress=False, **common),
         lambda: baseline(model, layers, batches),
     ], repeat)
-    worst = max(float(((ours[i][0] - base[i][0]).norm() / base[i][0].norm())) for i in layers)
+    worst = max(float((ours[i][0] - base[i][0]).norm() / base[i][0].norm()) for i in layers)
     count = ours[layers[0]][1]
 
     name = "tiny llama" if args.quick else args.model

@@ -91,6 +91,7 @@ def _impl(device: torch.device):
     warnings.warn(
         f"seqedit.ops: using the slower pure-PyTorch reference for {device.type} tensors ({why})",
         RuntimeWarning,
+        stacklevel=1,
     )
     return reference
 

@@ -76,7 +76,7 @@ def test_wrong_types_do_not_raise():
     assert r.prompt == 5 and r.paraphrase_prompts == "one string"
     assert r.neighborhood_prompts == (("p", "a"), "bad")
     with pytest.raises(TypeError, match="validate"):
-        r.filled_prompt
+        _ = r.filled_prompt
 
 
 def test_sequences_become_tuples_and_records_are_hashable():

@@ -213,8 +213,6 @@ def test_two_sessions_in_one_process_are_independent():
         s.edit([a[0], a[2], a[3]], progress=False)
     with EditSession(r2, tok, ref2) as s:
         s.edit(b, progress=False)
-    from session_helpers import assert_models_close
-
     assert_models_close(m1, r1)
     assert_models_close(m2, r2)
     assert e1.state.keys() == ref1.state.keys()

@@ -85,7 +85,7 @@ class AlphaEditEditor:
             return torch.linalg.solve(m, p @ k)
 
         deltas, keys, info = layer_loop(model, requests, ctx, cfg, solve)
-        info |= {"null_dims": {str(l): _rank(self._projectors[l]) for l in sorted(cfg.layers)},
+        info |= {"null_dims": {str(layer): _rank(self._projectors[layer]) for layer in sorted(cfg.layers)},
                  "past_edits": self._committed}
         return Delta(self.name, deltas, keys, info)
 
