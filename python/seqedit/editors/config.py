@@ -1,8 +1,9 @@
 """Hyperparameters shared by the editors that optimise a target value (ROME, MEMIT, AlphaEdit).
 
-Defaults follow the EasyEdit/PRUNE configs for Llama-like models (algorithms.md §0.6). Each
-editor's config adds its own fields and a `for_model(spec, **overrides)` that derives the
-model-dependent ones (layers, v_loss_layer, clamp) from the ModelSpec.
+Defaults follow the EasyEdit hyperparameter files and the PRUNE configs (Ma et al., arXiv
+2405.16821) for Llama-like models. Each editor's config adds its own fields and a
+`for_model(spec, **overrides)` that derives the model-dependent ones (layers, v_loss_layer,
+clamp) from the ModelSpec.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""MEMIT: least-squares updates spread over several MLP output projections (algorithms.md §0.4).
+"""MEMIT: least-squares updates spread over several MLP output projections (Meng et al. 2023,
+"Mass-Editing Memory in a Transformer", arXiv 2210.07229, §4).
 
     Z   = optimised block outputs of the last edited layer (values.py, site "block"), [d, b]
     for i, l in enumerate(layers):              (increasing)

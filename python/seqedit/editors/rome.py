@@ -1,4 +1,5 @@
-"""ROME: a rank-one update of one MLP output projection (algorithms.md §0.3).
+"""ROME: a rank-one update of one MLP output projection (Meng et al. 2022, "Locating and Editing
+Factual Associations in GPT", arXiv 2202.05262, §3).
 
     k̄   = template-averaged key;  u = C⁻¹k̄ / ‖C⁻¹k̄‖ (mom2_adjustment) or k̄ / ‖k̄‖
     k_p = key on the bare prompt (fixed_key: k̄ instead — r-ROME, arXiv 2403.07175)

@@ -1,4 +1,6 @@
-"""Target-value optimisation ("compute_z"/"compute_v", algorithms.md §0.2).
+"""Target-value optimisation: ROME's "compute_v" (Meng et al. 2022, "Locating and Editing Factual
+Associations in GPT", arXiv 2202.05262, §3) and MEMIT's "compute_z" (Meng et al. 2023, "Mass-Editing
+Memory in a Transformer", arXiv 2210.07229, §4).
 
 For each request a vector δ is added to one hidden state (ROME: output of mlp_out at its layer;
 MEMIT/AlphaEdit: block output of the last edited layer, or — targets "mlp_out" — one δ per
