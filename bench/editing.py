@@ -18,7 +18,7 @@ the target beats every other token by more than `--margin` nats everywhere, so i
 steps than the reference and its efficacy is measured, not assumed). All runs start from the
 same weights. Efficacy is measured right after each edit: P(target_new) > P(target_true) by mean
 per-token NLL on the filled prompt (teacher forcing), the session's own probe
-(`seqedit.session.probe`); every Delta is applied with the session's fused update. Seconds per
+(`seqedit.metrics.probe`); every Delta is applied with the session's fused update. Seconds per
 edit count `compute` only (not the evaluation); process CPU seconds are given too — on a shared
 machine they are the steadier number. Key statistics come from `seqedit.stats.second_moments` (small token budget,
 cached on disk).
@@ -37,7 +37,7 @@ from seqedit.editors import EditContext
 from seqedit.editors import keys as editor_keys
 from seqedit.models import load, spec as model_spec, tiny
 from seqedit.session.checks import apply_delta
-from seqedit.session.probe import request_probabilities, success
+from seqedit.metrics.probe import request_probabilities, success
 from seqedit.stats import second_moments
 
 

@@ -8,7 +8,7 @@ import torch
 
 from seqedit import data, editors
 from seqedit.editors import EditContext
-from seqedit.session.probe import request_probabilities, success
+from seqedit.metrics.probe import request_probabilities, success
 
 pytestmark = pytest.mark.slow
 
