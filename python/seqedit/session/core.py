@@ -1,11 +1,13 @@
 """EditSession: a sequence of edits on one in-memory model, with a ledger to undo and resume.
 
-One step (a request, or a batch of them): probe P(target) → editor.compute → refuse a delta that
-is empty, zero or non-finite (recorded, weights untouched) → write the delta file durably → apply
-it with one fused `rank_update_list_` → editor.commit → probe again → append the ledger line (the
-commit point). An exception before the commit point undoes the apply in memory, so the model and
-the ledger always agree; a killed process loses only the model, which `resume` rebuilds from the
-base weights and the ledger. See `seqedit.session.ledger` for the directory format.
+One step (a request, or a batch of them), stage by stage (`_step`): probe P(target) → compute
+(editor) → check (refuse a delta that is empty, zero or non-finite: recorded, weights untouched) →
+write the delta file durably → apply it with one fused `rank_update_list_` → editor.commit →
+probe again → after-each evaluators → append the ledger line (the commit point). An exception
+before the commit point undoes the apply in memory, so the model and the ledger always agree; a
+killed process loses only the model, which `resume` rebuilds from the base weights and the ledger.
+Scheduled evaluations (`evaluation`) run between steps. See `seqedit.session.ledger` for the
+directory format.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ import torch
 from .._version import __version__
 from ..data import EditRequest
 from ..editors.base import Delta, EditContext
+from ..metrics.base import EvalResult
 from . import peft_export
+from .base_weights import BaseWeights
 from .checks import (apply_delta, as_requests, check_structure, refusal, split_done,
                      validate_requests)
+from .evaluation import EvaluationStop, Evaluations, check_evaluators, stop_requested
 from .hashing import config_dict, config_hash, jsonable, request_key, tensor_fingerprint
 from .ledger import FORMAT, FORMAT_VERSION, Ledger, LedgerError
 from .moments import SecondMoments
-from .probe import request_probabilities, success
+from ..metrics.probe import request_probabilities, success
 from .reader import read_run
 from .replay import (check_base_model, check_same_editor, declared_layers, model_identity,
                      portable_memo, replay, restore_memo)
@@ -41,6 +46,23 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+class _Clock:
+    """Seconds per named stage of a step."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = now - self._last
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        self.times["total_s"] = sum(v for k, v in self.times.items() if k != "total_s")
+        return self.times
+
+
 class EditSession:
     """Sequential editing of `model` in place with `method` (a registry name or an Editor).
 
@@ -49,12 +71,17 @@ class EditSession:
       in `stats_options`) once, on the unedited weights, for the layers the editor asks for.
     ledger_dir: where the ledger lives (created; must not hold a session already — use
       `resume` for that). None: a temporary directory removed by `close()`.
+    evaluators: damage measurements (`seqedit.metrics.create(...)`), prepared on the unedited
+      model and run at step 0, every `eval_every` steps (None: only at step 0 and at the end of
+      each `edit()` call) and on `evaluate()`; see `seqedit.session.evaluation`.
     config: the editor's hyperparameters when `method` is a name.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, method: Any = "memit", *,
                  spec: Any = None, stats: Any = None, stats_options: dict | None = None,
-                 ledger_dir: str | Path | None = None, seed: int = 0, **config: Any) -> None:
+                 ledger_dir: str | Path | None = None, seed: int = 0,
+                 evaluators: Any = None, eval_every: int | None = None, **config: Any) -> None:
+        evaluators = check_evaluators(evaluators, eval_every)
         self._setup(model, tokenizer, method, spec, stats, stats_options, seed, config)
         fingerprints = {}
         for layer in declared_layers(self._editor):  # before any weight can move
@@ -71,6 +98,7 @@ class EditSession:
             self._tmp = tempfile.TemporaryDirectory(prefix="seqedit-session-")
             ledger_dir = self._tmp.name
         self._ledger = Ledger.create(ledger_dir, manifest)
+        self._start_evaluations(evaluators, eval_every)
 
     def _setup(self, model, tokenizer, method, spec, stats, stats_options, seed, config) -> None:
         from ..models import spec as model_spec
@@ -91,19 +119,33 @@ class EditSession:
         self._moments = SecondMoments(model, tokenizer, stats, options=stats_options,
                                       layers_hint=declared_layers(self._editor))
         self._ctx = EditContext(tokenizer, self.spec, self._moments, seed)
+        self._base = BaseWeights(model)
+
+    def _start_evaluations(self, evaluators: list, every: int | None) -> None:
+        """Prepare the evaluators while the model is still the base model."""
+        self._evals = Evaluations(evaluators, every, model=self.model, tokenizer=self.tokenizer,
+                                  spec=self.spec, seed=self._ctx.seed, ledger=self._ledger,
+                                  base=self._base, live_requests=self._live_requests)
+        if evaluators:
+            self._evals.prepare([self.spec.mlp_out_weight_name(layer)
+                                 for layer in declared_layers(self._editor)])
 
     # -- reopening ---------------------------------------------------------------------------
     @classmethod
     def resume(cls, directory: str | Path, model: torch.nn.Module, tokenizer: Any, *,
                method: Any = None, spec: Any = None, stats: Any = None,
-               stats_options: dict | None = None, progress: bool = True) -> "EditSession":
+               stats_options: dict | None = None, progress: bool = True,
+               evaluators: Any = None, eval_every: int | None = None) -> "EditSession":
         """Reopen a session directory (after a crash, or a `save`) on a freshly loaded *base*
-        model: repair what a crash left, check the model is the recorded base, replay every live
-        edit in ledger order (weights, then `editor.commit`). Further edits append to `directory`.
+        model: repair what a crash left, check the model is the recorded base, prepare the
+        evaluators on it, replay every live edit in ledger order (weights, then
+        `editor.commit`). Further edits append to `directory`; evaluations the ledger holds are
+        not repeated.
 
         method: None recreates the editor from the manifest via the registry; pass the Editor
         instance for editors outside it (its name and config must match the manifest's).
         """
+        evaluators = check_evaluators(evaluators, eval_every)
         ledger = Ledger.open(directory)
         try:
             manifest = ledger.manifest
@@ -125,6 +167,7 @@ class EditSession:
             check_same_editor(directory, manifest, self.method, self._editor.config)
             check_base_model(model, self.spec, manifest, ledger.fingerprints)
             self._ledger = ledger
+            self._start_evaluations(evaluators, eval_every)
             restore_memo(self._ctx.memo, ledger.memo)
             replay(ledger, self._editor, self._moments, self._apply, progress=progress)
             return self
@@ -165,30 +208,25 @@ class EditSession:
             results[i] = EditResult(edit_id, requests[i].case_id, SKIPPED, request=requests[i])
         if done:
             log.info("skipping %d request(s) the ledger already has", len(done))
+        self._run_scheduled(force=False)  # step 0, or one a killed run owed
         with tqdm(total=len(todo), unit="edit", desc=self.method, disable=not progress) as bar:
             for start in range(0, len(todo), batch_size):
                 index = todo[start:start + batch_size]
                 for i, result in zip(index, self._step([requests[i] for i in index], strict, probe)):
                     results[i] = result
                 bar.update(len(index))
+                self._run_scheduled(force=False)
+        self._run_scheduled(force=True)  # "at the end"
         return results  # type: ignore[return-value]
 
+    # -- one step, stage by stage --------------------------------------------------------------
     def _step(self, batch: list[EditRequest], strict: bool, probe: bool) -> list[EditResult]:
         edit_id = self._ledger.next_edit_id
-        times: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            times[name] = now - clock
-            clock = now
-
-        unmeasured = [None] * len(batch)
-        pre = request_probabilities(self.model, self.tokenizer, batch) if probe else unmeasured
-        lap("probe_pre_s")
+        clock = _Clock()
+        pre = self._probe(batch, probe)
+        clock.lap("probe_pre_s")
         delta = self._editor.compute(self.model, batch, self._ctx)
-        lap("compute_s")
+        clock.lap("compute_s")
         check_structure(self.model, self.method, delta)
         record = {
             "type": "edit", "edit_id": edit_id, "time": _now(), "method": self.method,
@@ -201,40 +239,57 @@ class EditSession:
         }
         reason = refusal(delta)
         if reason is not None:
-            times["total_s"] = sum(times.values())
-            record.update(status=REFUSED, reason=reason, delta=None, layer_stats={},
-                          base_fingerprint={}, timings=times,
-                          probabilities=[{"case_id": r.case_id, "pre": p, "post": None}
-                                         for r, p in zip(batch, pre)])
-            self._ledger.append(record)
-            log.warning("edit %d refused: %s (weights untouched)", edit_id, reason)
-            results = [EditResult(edit_id, r.case_id, REFUSED, False, p, None, dict(times),
-                                  reason, r) for r, p in zip(batch, pre)]
-            if strict:
-                raise EditRefused(edit_id, reason, results)
-            return results
+            return self._refuse(edit_id, batch, record, reason, pre, clock, strict)
+        return self._commit(edit_id, batch, delta, record, pre, clock, probe)
+
+    def _probe(self, batch: list[EditRequest], probe: bool) -> list:
+        if not probe:
+            return [None] * len(batch)
+        return request_probabilities(self.model, self.tokenizer, batch)
+
+    def _refuse(self, edit_id, batch, record, reason, pre, clock, strict) -> list[EditResult]:
+        times = clock.total()
+        record.update(status=REFUSED, reason=reason, delta=None, layer_stats={},
+                      base_fingerprint={}, timings=times,
+                      probabilities=[{"case_id": r.case_id, "pre": p, "post": None}
+                                     for r, p in zip(batch, pre)])
+        self._ledger.append(record)
+        log.warning("edit %d refused: %s (weights untouched)", edit_id, reason)
+        results = [EditResult(edit_id, r.case_id, REFUSED, False, p, None, dict(times),
+                              reason, r) for r, p in zip(batch, pre)]
+        if strict:
+            raise EditRefused(edit_id, reason, results)
+        return results
+
+    def _commit(self, edit_id, batch, delta, record, pre, clock, probe) -> list[EditResult]:
         fresh = {d.name: tensor_fingerprint(self.model.get_parameter(d.name))
                  for d in delta.layers if d.name not in self._ledger.fingerprints}
+        if self._evals.evaluators:
+            self._base.snapshot(d.name for d in delta.layers)
         record["delta"] = self._ledger.write_delta(edit_id, delta)
-        lap("write_s")
+        clock.lap("write_s")
         self._crash_point("delta_written")
         applied = committed = False
         try:
             record["layer_stats"] = self._apply(delta, 1.0)
             applied = True
-            lap("apply_s")
+            clock.lap("apply_s")
             self._crash_point("applied")
             self._editor.commit(delta)
             committed = True
-            lap("commit_s")
-            post = (request_probabilities(self.model, self.tokenizer, batch) if probe
-                    else unmeasured)
-            lap("probe_post_s")
-            times["total_s"] = sum(times.values())
+            clock.lap("commit_s")
+            post = self._probe(batch, probe)
+            clock.lap("probe_post_s")
+            live = len(self._ledger.live_entries()) + 1
+            evaluations = self._evals.after_edit(batch, edit_id + 1, live)
+            clock.lap("after_each_s")
+            times = clock.total()
             ok = [success(r, p) if p else None for r, p in zip(batch, post)]
             record.update(status=APPLIED, reason=None, base_fingerprint=fresh, timings=times,
                           probabilities=[{"case_id": r.case_id, "pre": a, "post": b, "success": s}
                                          for r, a, b, s in zip(batch, pre, post, ok)])
+            if evaluations:
+                record["evaluations"] = evaluations
             self._ledger.append(record)
         except BaseException:
             # Not committed: make memory match the ledger again before the error goes up.
@@ -243,11 +298,45 @@ class EditSession:
             if applied:
                 self._apply(delta, -1.0)
             raise
-        lap("ledger_s")
+        clock.lap("ledger_s")
         self._crash_point("committed")
         log.debug("edit %d applied (%d request(s), %.3fs)", edit_id, len(batch), times["total_s"])
-        return [EditResult(edit_id, r.case_id, APPLIED, s, a, b, dict(times), None, r)
+        after = {name: EvalResult.from_dict(r) for name, r in evaluations.items()}
+        stopping = stop_requested(list(after.values()))
+        if stopping:
+            raise EvaluationStop(stopping)
+        return [EditResult(edit_id, r.case_id, APPLIED, s, a, b, dict(times), None, r, after)
                 for r, a, b, s in zip(batch, pre, post, ok)]
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _run_scheduled(self, *, force: bool) -> list[EvalResult]:
+        step = self._ledger.next_edit_id
+        if not self._evals.evaluators or not (force or self._evals.due(step)):
+            return []
+        results = self._evals.run(step, len(self._ledger.live_entries()))
+        stopping = stop_requested(results)
+        if stopping:
+            raise EvaluationStop(stopping)
+        return results
+
+    def evaluate(self) -> list[EvalResult]:
+        """Run every evaluator on the model as it is now (after-all schedule), one result per
+        evaluator in the order given; a result the ledger already holds for this step is
+        returned, not recomputed."""
+        self._ledger.ensure_writable()
+        return self._evals.run(self._ledger.next_edit_id, len(self._ledger.live_entries()))
+
+    @property
+    def evaluations(self) -> list[EvalResult]:
+        """Every after-all result of this session's directory, in ledger order: one per
+        (step, evaluator). After-each results are in each EditResult's `evaluations`."""
+        return self._evals.results()
+
+    def _live_requests(self) -> list[EditRequest]:
+        run = read_run(self._ledger.root)
+        live = set(run.live_edit_ids)
+        return [EditRequest.from_dict(r) for rec in run.edits if rec["edit_id"] in live
+                for r in rec["requests"]]
 
     def _crash_point(self, where: str) -> None:
         """Does nothing; tests replace it to kill the process at a named point of a step."""

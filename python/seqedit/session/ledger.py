@@ -3,7 +3,8 @@
 Layout (format version 1)::
 
     manifest.json             who/what: method, config, model identity, base-weight fingerprints
-    ledger.jsonl              one JSON object per line, only ever appended to
+    ledger.jsonl              one JSON object per line, only ever appended to: "edit",
+                              "rollback" and "eval" lines (an evaluator's result at a step)
     deltas/<edit_id>.safetensors   the factors (and editor keys) of each applied edit
 
 The commit point of an edit or a rollback is its ledger line reaching the disk (write + fsync).
@@ -93,6 +94,8 @@ class Ledger:
         self.stats_layers: set[int] = set()
         self.memo: dict[str, Any] = {}  # canonical key -> [key, value], see replay.portable_memo
         self._processed: dict[str, list[int]] = {}  # request key -> edit steps that had it
+        self._evals: dict[tuple[int, str], dict[str, Any]] = {}  # (state, evaluator) -> line
+        self.state = 0  # edit and rollback lines so far: which model an eval line measured
         self._size = 0
         self._broken = False
         self._fd = -1
@@ -184,11 +187,25 @@ class Ledger:
             raise LedgerError(f"{where}: edit_id {edit_id}, expected {self.next_edit_id}")
         if kind == "rollback" and not (edit_id in self.entries and self.entries[edit_id].live):
             raise LedgerError(f"{where}: rollback of edit {edit_id}, which is not live")
-        if kind not in ("edit", "rollback"):
+        if kind == "eval":
+            name = record.get("evaluator")
+            if not (record.get("state") == self.state and record.get("step") == self.next_edit_id
+                    and isinstance(name, str) and isinstance(record.get("result"), dict)):
+                raise LedgerError(f"{where}: an eval line needs evaluator, result, step "
+                                  f"{self.next_edit_id} and state {self.state} (the model it "
+                                  "measured is the one the lines before it describe)")
+            if (self.state, name) in self._evals:
+                raise LedgerError(f"{where}: a second {name!r} evaluation of the same model "
+                                  f"(step {self.next_edit_id}, state {self.state})")
+        elif kind not in ("edit", "rollback"):
             raise LedgerError(f"{where}: unknown line type {kind!r} (written by a newer seqedit?)")
 
     def _index(self, record: dict[str, Any]) -> None:
-        kind, edit_id = record["type"], record["edit_id"]
+        kind, edit_id = record["type"], record.get("edit_id")
+        if kind == "eval":
+            self._evals[(record["state"], record["evaluator"])] = record
+            return
+        self.state += 1
         if kind == "edit":
             self.entries[edit_id] = Entry(edit_id, record["status"], record["method"],
                                           list(record["request_keys"]),
@@ -206,6 +223,15 @@ class Ledger:
     @property
     def next_edit_id(self) -> int:
         return len(self.entries)
+
+    def evaluation(self, evaluator: str) -> dict[str, Any] | None:
+        """The committed `eval` line of `evaluator` on the model as the ledger now describes
+        it (no edit or rollback since), or None."""
+        return self._evals.get((self.state, evaluator))
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Every committed `eval` line, in ledger order."""
+        return list(self._evals.values())
 
     def processed(self, key: str) -> list[int]:
         """Edit steps (applied or refused) whose requests included this exact request."""

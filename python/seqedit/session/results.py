@@ -16,8 +16,10 @@ class EditResult:
       already had this exact request; `edit_id` names the step that processed it).
     pre/post: {"new": P(target_new), "true": P(target_true) or None, "new_argmax": bool} by
       teacher forcing on the filled prompt, P being the per-token geometric mean; None when not
-      measured. success: see `seqedit.session.probe.success`; None when not measured.
+      measured. success: see `seqedit.metrics.probe.success`; None when not measured.
     timings: seconds per phase of the step (shared by all requests of a batch).
+    evaluations: the after-each results of the session's evaluators for this step, by
+      evaluator name (`seqedit.metrics.EvalResult`; shared by all requests of a batch).
     """
 
     edit_id: int
@@ -29,6 +31,7 @@ class EditResult:
     timings: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     request: Any = field(default=None, repr=False)
+    evaluations: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def applied(self) -> bool:
