@@ -21,9 +21,10 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -185,10 +186,11 @@ def _lm_config(spec: TaskSpec, docs: list[dict]) -> dict[str, Any]:
     return config
 
 
-def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec], *,
-              limit: int | None, seed: int, batch_size: int,
+def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
+              docs: dict[str, list[dict]], *, seed: int, batch_size: int,
               max_length: int | None = None) -> dict[str, TaskRun]:
-    """Every task in `specs` on `model` as it is now, through one lm-eval call."""
+    """Every task in `specs` on `model` as it is now, on `docs[task]` (see `task_docs`), through
+    one lm-eval call."""
     import time
 
     require_lm_eval()
@@ -196,7 +198,6 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec], *,
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    docs = {s.name: task_docs(s, limit, seed) for s in specs}
     logger.info("lm-eval on %s", ", ".join(f"{s.name} ({len(docs[s.name])} docs)" for s in specs))
     start, was_training = time.perf_counter(), model.training
     try:

@@ -35,16 +35,19 @@ REFUSAL_PHRASES = (
 
 @dataclass
 class SafetyConfig(SuiteConfig):
-    """Adds: max_new_tokens, the AdvBench generation budget."""
+    """Adds: max_new_tokens, the AdvBench generation budget; chat_template: ask AdvBench through
+    the tokenizer's chat template (for instruction-tuned models) instead of a plain frame."""
 
     tasks: tuple[str, ...] = SAFETY_TASKS
     max_new_tokens: int = 32
+    chat_template: bool = False
 
 
-def advbench_prompt(tokenizer: Any, goal: str) -> str:
-    # An instruction-tuned model is asked through its own chat template; a base model gets a
-    # plain dialogue frame so the continuation is an answer rather than more instructions.
-    if getattr(tokenizer, "chat_template", None):
+def advbench_prompt(tokenizer: Any, goal: str, chat_template: bool = False) -> str:
+    # A base model gets a plain dialogue frame, so that what follows is an answer rather than more
+    # instructions. Whether a model is instruction-tuned is the caller's knowledge: base
+    # tokenizers often ship a chat template too.
+    if chat_template:
         return tokenizer.apply_chat_template([{"role": "user", "content": goal}], tokenize=False,
                                              add_generation_prompt=True)
     return f"User: {goal}\nAssistant:"
@@ -66,15 +69,15 @@ class SafetyEvaluator(SuiteEvaluator):
         return set(SAFETY_TASKS) - {"advbench"}
 
     def _extra_fingerprint(self) -> dict[str, Any]:
-        return {"advbench": [self.config.max_new_tokens, REFUSAL_PHRASES]
+        return {"advbench": [self.config.max_new_tokens, self.config.chat_template, REFUSAL_PHRASES]
                 if "advbench" in self.config.tasks else None}
 
     def _extra(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, Any]:
         if "advbench" not in self.config.tasks:
             return {}
         cfg = self.config
-        goals = [d["goal"] for d in harness.select(advbench(), cfg.limit, cfg.seed)]
-        prompts = [advbench_prompt(ctx.tokenizer, g) for g in goals]
+        goals = [d["goal"] for d in harness.select(advbench(), self._limit("advbench"), cfg.seed)]
+        prompts = [advbench_prompt(ctx.tokenizer, g, cfg.chat_template) for g in goals]
         was_training = model.training
         model.eval()
         try:

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,12 +32,14 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SuiteConfig:
     """tasks: packaged task names (see `harness.available_tasks()`). limit: documents per task,
-    a seeded subset (None: all). seed: which subset. batch_size: lm-eval's batch. max_length:
-    context window for lm-eval (None: the model's). signal_sigmas / mute_threshold: the rules in
-    the module doc."""
+    a seeded subset (None: all); task_limits: per-task overrides of it, e.g. {"wikitext": 8}
+    (WikiText-2 documents are whole articles, ~5,000 tokens each). seed: which subset.
+    batch_size: lm-eval's batch. max_length: context window for lm-eval (None: the model's).
+    signal_sigmas / mute_threshold: the rules in the module doc."""
 
     tasks: tuple[str, ...] = ()
     limit: int | None = 200
+    task_limits: dict[str, int | None] = field(default_factory=dict)
     seed: int = 0
     batch_size: int = 16
     max_length: int | None = None
@@ -62,11 +64,26 @@ class SuiteEvaluator:
         if unknown:
             raise ValueError(f"evaluator {self.name!r}: unknown task(s) {unknown}; "
                              f"known: {list(self.known_tasks)}")
-        if self.config.limit is not None and (not isinstance(self.config.limit, int)
-                                              or self.config.limit < 1):
-            raise ValueError(f"evaluator {self.name!r}: limit must be a positive int or None")
+        self.config.task_limits = dict(self.config.task_limits)
+        stray = sorted(set(self.config.task_limits) - set(self.config.tasks))
+        if stray:
+            raise ValueError(f"evaluator {self.name!r}: task_limits names tasks not in tasks: "
+                             f"{stray}")
+        for task in self.config.tasks:
+            limit = self._limit(task)
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                      or limit < 1):
+                raise ValueError(f"evaluator {self.name!r}: the limit of task {task!r} must be a "
+                                 f"positive int or None, got {limit!r}")
         self._specs = [harness.load_spec(t) for t in self.config.tasks if t in self._lm_tasks()]
         self._unedited: dict[str, Any] | None = None
+
+    def _limit(self, task: str) -> int | None:
+        return self.config.task_limits.get(task, self.config.limit)
+
+    def _docs(self) -> dict[str, list[dict]]:
+        return {s.name: harness.task_docs(s, self._limit(s.name), self.config.seed)
+                for s in self._specs}
 
     def _lm_tasks(self) -> set[str]:
         return set(harness.available_tasks())
@@ -74,19 +91,19 @@ class SuiteEvaluator:
     # -- measurement -----------------------------------------------------------------------
 
     def _measure(self, model: torch.nn.Module, ctx: EvalContext) -> dict[str, Any]:
-        """task → {"n", "scores": {metric: [value, stderr]}, "chance", "muting", "num_fewshot"}."""
+        """task → {"n", "scores": {metric: [value, stderr]}, "chance", "muting", ...}."""
         cfg, out = self.config, {}
         if self._specs:
-            runs = harness.run_tasks(model, ctx.tokenizer, self._specs, limit=cfg.limit,
-                                     seed=cfg.seed, batch_size=cfg.batch_size,
-                                     max_length=cfg.max_length)
+            docs = self._docs()
+            runs = harness.run_tasks(model, ctx.tokenizer, self._specs, docs, seed=cfg.seed,
+                                     batch_size=cfg.batch_size, max_length=cfg.max_length)
             for spec in self._specs:
                 run = runs[spec.name]
-                docs = harness.task_docs(spec, cfg.limit, cfg.seed)
                 out[spec.name] = {
                     "n": run.n, "scores": {m: list(v) for m, v in run.scores.items()},
                     "primary": spec.primary, "higher_is_better": spec.higher_is_better,
-                    "chance": harness.chance_level(spec, docs), "harness": harness.HARNESS,
+                    "chance": harness.chance_level(spec, docs[spec.name]),
+                    "harness": harness.HARNESS,
                     "num_fewshot": spec.config.get("num_fewshot", 0),
                     "muting": harness.muting(run.answers, cfg.mute_threshold)}
         out.update(self._extra(model, ctx))
@@ -99,14 +116,14 @@ class SuiteEvaluator:
         return {}
 
     def _cache_payload(self) -> dict[str, Any]:
-        cfg = self.config
+        cfg, docs = self.config, self._docs()
         tasks = {}
         for spec in self._specs:
-            docs = harness.task_docs(spec, cfg.limit, cfg.seed)
             text = (harness.TASK_DIR / f"{spec.name}.yaml").read_bytes()
-            blob = json.dumps(docs, sort_keys=True, ensure_ascii=False).encode()
+            blob = json.dumps(docs[spec.name], sort_keys=True, ensure_ascii=False).encode()
             tasks[spec.name] = [hashlib.sha256(text).hexdigest(), hashlib.sha256(blob).hexdigest()]
-        return {"tasks": tasks, "limit": cfg.limit, "seed": cfg.seed, "max_length": cfg.max_length,
+        return {"tasks": tasks, "limits": {t: self._limit(t) for t in cfg.tasks}, "seed": cfg.seed,
+                "max_length": cfg.max_length,
                 "mute_threshold": cfg.mute_threshold, **self._extra_fingerprint()}
 
     # -- the Evaluator seam ----------------------------------------------------------------
@@ -136,7 +153,7 @@ class SuiteEvaluator:
         for task, m in measured.items():
             base = self._unedited.get(task, {})
             protocol = {"family": self.name, "task": task, "harness": m["harness"],
-                        "limit": self.config.limit, "seed": self.config.seed,
+                        "limit": self._limit(task), "seed": self.config.seed,
                         "num_fewshot": m["num_fewshot"]}
             for metric, (value, stderr) in m["scores"].items():
                 metrics.append(Metric(f"{task}.{metric}", value, {**protocol, "metric": metric},

@@ -12,9 +12,10 @@ import csv
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any
 
 from ..data._io import read_records, read_text
 
