@@ -90,7 +90,9 @@ class HealthEvaluator:
     def prepare(self, model: torch.nn.Module, ctx: EvalContext) -> None:
         for name in ctx.weights:
             w0 = self._matrix(ctx.require_base_weight(name))
-            s = torch.linalg.svdvals(w0.double())
+            _, s, vh = torch.linalg.svd(w0.double(), full_matrices=False)
+            # W₀'s own top singular vectors: the first iteration on W starts converged.
+            self._start[(name, "w")] = vh[:self.config.block].T.to(w0.dtype).contiguous()
             self._base[name] = {
                 "sigma_max": float(s[0]), "sigma_min": float(s[-1]),
                 "condition": float(s[0] / s[-1]) if float(s[-1]) > 0 else float("inf"),
