@@ -32,15 +32,17 @@ from .task_docs import FUNCTIONS
 
 TASK_DIR = Path(__file__).parent / "tasks"
 HARNESS = "lm-eval 0.4.13"
-_OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+_OFFLINE = (("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"))
 _FUNCTION_PREFIX = "seqedit:"
 logger = logging.getLogger(__name__)
 
 
 def require_lm_eval() -> Any:
-    """lm_eval, imported offline, or an ImportError saying what to install."""
-    for key, value in _OFFLINE.items():
-        os.environ.setdefault(key, value)  # read by datasets/huggingface_hub at import time
+    """lm_eval, or an ImportError saying what to install. Before the first import it sets the
+    HF offline variables unless the caller set them: datasets and huggingface_hub read them at
+    import time, and nothing here may reach the network."""
+    for key, value in _OFFLINE:
+        os.environ.setdefault(key, value)
     try:
         import lm_eval
         import lm_eval.models.huggingface  # noqa: F401
@@ -53,8 +55,8 @@ def require_lm_eval() -> Any:
 
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in _OFFLINE}
-    os.environ.update(_OFFLINE)
+    saved = {key: os.environ.get(key) for key, _ in _OFFLINE}
+    os.environ.update(dict(_OFFLINE))
     try:
         yield
     finally:
@@ -172,7 +174,6 @@ class TaskRun:
     n: int
     scores: dict[str, tuple[float | None, float | None]]
     answers: list[Any]
-    seconds: float = 0.0
 
 
 def _lm_config(spec: TaskSpec, docs: list[dict]) -> dict[str, Any]:
@@ -221,7 +222,7 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
                   for m in spec.report}
         ordered = sorted(samples, key=lambda s: s["doc_id"])
         runs[spec.name] = TaskRun(spec, len(docs[spec.name]), scores,
-                                  [_answer(spec, s) for s in ordered], seconds / len(specs))
+                                  [_answer(spec, s) for s in ordered])
     logger.info("lm-eval done in %.1f s", seconds)
     return runs
 
@@ -278,7 +279,7 @@ def cache_dir(given: Path | None) -> Path:
 
 
 def cache_key(model_fingerprint: str, evaluator: str, payload: dict[str, Any]) -> str:
-    from .. import __version__
+    from .._version import __version__
 
     text = json.dumps({"weights": model_fingerprint, "evaluator": evaluator, "seqedit": __version__,
                        "harness": HARNESS, **payload}, sort_keys=True, default=repr)

@@ -65,10 +65,10 @@ class SuiteEvaluator:
             raise ValueError(f"evaluator {self.name!r}: unknown task(s) {unknown}; "
                              f"known: {list(self.known_tasks)}")
         self.config.task_limits = dict(self.config.task_limits)
-        stray = sorted(set(self.config.task_limits) - set(self.config.tasks))
+        stray = sorted(set(self.config.task_limits) - set(self.known_tasks))
         if stray:
-            raise ValueError(f"evaluator {self.name!r}: task_limits names tasks not in tasks: "
-                             f"{stray}")
+            raise ValueError(f"evaluator {self.name!r}: task_limits names unknown task(s) "
+                             f"{stray}; known: {list(self.known_tasks)}")
         for task in self.config.tasks:
             limit = self._limit(task)
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
