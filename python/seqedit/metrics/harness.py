@@ -260,22 +260,18 @@ def muting(answers: list[Any], threshold: float) -> dict[str, Any] | None:
 
 def fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
+    from .. import _tensor_hash
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _tensor_hash.update(digest, tensor, _tensor_hash.named_header(name, tensor))
     return digest.hexdigest()
 
 
 def cache_dir(given: Path | None) -> Path:
-    if given is not None:
-        return Path(given)
-    try:
-        from .._cache_root import cache_root
-    except ImportError:
-        from ..models.packaged import cache_root
-    return cache_root() / "eval"
+    from .._cache_root import cache_root
+
+    return Path(given) if given is not None else cache_root() / "eval"
 
 
 def cache_key(model_fingerprint: str, evaluator: str, payload: dict[str, Any]) -> str:
