@@ -216,3 +216,16 @@ def test_every_task_on_smollm2(one_thread, offline, tmp_path):
                 assert 0.0 <= m.value <= 1.0 or m.name.endswith("bits_per_byte"), m.label
         if family == "general":
             assert 10 < result.value("wikitext.word_perplexity") < 200
+
+
+def test_an_untied_output_embedding_is_not_retied(one_thread, offline, tmp_path):
+    model, tok = tiny("gpt2", seed=0)
+    assert model.config.tie_word_embeddings
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach() + 0.01, requires_grad=False)
+    before = snapshot(model)
+    ev = create("general", tasks=["sst2"], limit=2, batch_size=2)
+    ev.prepare(model, context(tok, tmp_path))
+    ev.evaluate(model, context(tok, tmp_path))
+    assert same_weights(model, before)
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight

@@ -203,8 +203,9 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
     start, was_training = time.perf_counter(), model.training
     try:
         with offline():
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                      max_length=max_length)
+            with _no_retie(model):
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                          max_length=max_length)
             out = simple_evaluate(
                 model=lm, tasks=[_lm_config(s, docs[s.name]) for s in specs],
                 task_manager=TaskManager(include_defaults=False), use_cache=None,
@@ -225,6 +226,21 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
                                   [_answer(spec, s) for s in ordered])
     logger.info("lm-eval done in %.1f s", seconds)
     return runs
+
+
+@contextlib.contextmanager
+def _no_retie(model: torch.nn.Module) -> Iterator[None]:
+    # HFLM calls model.tie_weights(); on a model whose config says "tied" but whose output
+    # embedding an edit has made its own, that would overwrite the edited weights.
+    own = model.__dict__.get("tie_weights")
+    model.tie_weights = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.tie_weights
+        else:
+            model.tie_weights = own
 
 
 def _number(value: Any) -> float | None:
