@@ -206,6 +206,9 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
             with _no_retie(model):
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                           max_length=max_length)
+            # No response or request cache (an edited model is scored afresh); no reseeding of
+            # the caller's global RNGs. bootstrap_iters > 0 only switches on the closed-form
+            # stderr of means: no task here aggregates with a bootstrapped metric.
             out = simple_evaluate(
                 model=lm, tasks=[_lm_config(s, docs[s.name]) for s in specs],
                 task_manager=TaskManager(include_defaults=False), use_cache=None,
