@@ -1,8 +1,8 @@
 """GORA (EXPERIMENTAL): hidden-space ripple damage of edits, after arXiv 2403.07825.
 
 The paper (v1 "GORA/SORA", later "GIE/SIR") has no public code and its method text was not
-recovered, so this is our reconstruction (the project spec's algorithms.md §4.2) and every
-number is labelled `experimental=True`. `docs/protocol-gora.md` gives the exact definitions.
+recovered, so this is our own reconstruction (a design of this project) and every number is
+labelled `experimental=True`. `docs/protocol.md` (section `gora`) gives the exact definitions.
 
 Nodes are N fixed probe facts (default: the first 200 CounterFact *train* records, disjoint from
 the edit split). Each node's state h is read at one site of one layer: the residual stream after
