@@ -22,16 +22,6 @@ EDITS = [EditRequest(prompt="The capital of {} is", subject="Veloria", target_ne
                      target_true="drums", case_id="e1")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny forwards are dominated by thread hand-off; on a shared 2-core box two threads run
-    # them ~30x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def probes():
     return seqedit.data.load("counterfact", split="train", limit=N_PROBES)

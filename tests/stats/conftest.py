@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from stats_helpers import make_corpus
 
 
@@ -13,10 +12,5 @@ def corpus() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a shared machine OpenMP threads that spin
-    # while other processes hold the cores made these tests ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)

@@ -13,7 +13,7 @@ import torch
 from ..editors import _text
 from ..editors import keys as _keys
 from .base import iter_batches
-from .scoring import model_device
+from .scoring import left_padded, model_device
 
 SITES = ("block_out", "key", "final")
 
@@ -59,14 +59,7 @@ def pair_logprobs(model, tokenizer, probes, *, batch_size: int) -> torch.Tensor:
         heads = [list(tokenizer(p.filled_prompt)["input_ids"]) for p in chunk]
         tails = [_text.target_ids(tokenizer, t) for p in chunk
                  for t in (p.target_true, p.target_new)]
-        width = max(len(h) for h in heads)
-        ids = torch.full((len(heads), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(heads), width), dtype=torch.long)
-        for row, head in enumerate(heads):
-            ids[row, width - len(head):] = torch.tensor(head)
-            mask[row, width - len(head):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(heads, pad, device)
         res = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     logits_to_keep=1)
         first = res.logits[:, -1].float().log_softmax(-1).repeat_interleave(2, dim=0)

@@ -72,6 +72,19 @@ def score_targets(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str,
     return out
 
 
+def left_padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, ...]:
+    """(ids, attention mask, position ids) of token lists padded on the left, so that every
+    row's last real token sits in the last column (where generation continues)."""
+    width = max(len(seq) for seq in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[str], *,
                     max_new_tokens: int | list[int], batch_size: int = 32) -> list[list[int]]:
@@ -93,14 +106,7 @@ def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[str], 
         if steps == 0:
             out.extend([] for _ in chunk)
             continue
-        width = max(len(c) for c in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(chunk, pad, device)
         generated = torch.full((len(chunk), steps), -1, dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
         past, step_ids, step_pos = None, ids, positions
