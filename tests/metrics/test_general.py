@@ -30,7 +30,8 @@ def tiny_run(tmp_path_factory):
         mp.setattr(socket.socket, "connect", refuse)
         mp.setenv("HF_DATASETS_OFFLINE", "1")
         mp.setenv("HF_HUB_OFFLINE", "1")
-        model, tok = tiny("llama", seed=0)
+        # A context long enough for MMLU's longest answer text (733 bytes) in the cloze task.
+        model, tok = tiny("llama", seed=0, max_positions=1024)
         ctx = context(tok, tmp_path_factory.mktemp("general"))
         ev = GeneralEvaluator(tasks=GENERAL_TASKS, limit=3, task_limits=LIMITS, batch_size=8)
         ev.prepare(model, ctx)
