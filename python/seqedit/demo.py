@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from seqedit import data, models
+from seqedit import data, metrics, models
 from seqedit.session import EditSession
 
 
@@ -28,18 +28,19 @@ def _row(prompt: str, text: str) -> str:
     return f"    {prompt!r:<58} → {text!r}"
 
 
-def _health(session: EditSession) -> dict[str, tuple[float, float, float]]:
-    """Per edited weight: Σ|W| after the last step, Σ|ΔW| and ‖ΔW‖²_F summed over live edits."""
-    health: dict[str, list[float]] = {}
-    for record in session.records():
-        if record.get("type", "edit") != "edit" or record.get("status") != "applied":
-            continue
-        for name, s in record["layer_stats"].items():
-            h = health.setdefault(name, [0.0, 0.0, 0.0])
-            h[0] = s["abs_sum_w"]
-            h[1] += s["abs_sum_delta"]
-            h[2] += s["delta_fro_sq"]
-    return {name: tuple(v) for name, v in health.items()}
+def _family_table(result) -> list[str]:
+    """Rows: metric × family, after-all over the live edits (docs/protocol.md)."""
+    rows = []
+    for name, prompts in (("efficacy", "edit"), ("generalization", "paraphrase"),
+                          ("locality", "neighborhood")):
+        cells = []
+        for family in ("binary", "token", "generation"):
+            try:
+                cells.append(f"{result.value(name, family=family, prompts=prompts):5.2f}")
+            except KeyError:
+                cells.append("    -")
+        rows.append(f"    {name:<15} {'  '.join(f'{c:>10}' for c in cells)}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         print(_row(r.filled_prompt, _complete(model, tokenizer, r.filled_prompt, 6)))
 
     ledger = args.ledger or tempfile.mkdtemp(prefix="seqedit-demo-")
+    evaluators = [metrics.create("editing", fluency_prompts=0), metrics.create("health")]
     session = EditSession(model, tokenizer, method=args.method, ledger_dir=ledger,
-                          stats_options={"max_tokens": args.stats_tokens})
+                          stats_options={"max_tokens": args.stats_tokens},
+                          evaluators=evaluators)
     print(f"\nEditing {len(requests)} facts one at a time (the first edit also computes key "
           "statistics once):")
     t0 = time.perf_counter()
@@ -91,9 +94,19 @@ def main(argv: list[str] | None = None) -> None:
         for p, answer in r.neighborhood_prompts[:1]:
             print(_row(p, _complete(model, tokenizer, p, 6)) + f"   (neighbour, expects {answer!r})")
 
-    print("\nWeight health of the edited matrices (D4S/PRUNE monitors):")
-    for name, (abs_w, abs_d, fro_sq) in _health(session).items():
-        print(f"    {name:<40} Σ|ΔW|/Σ|W| = {abs_d / abs_w:.2e}   ‖ΔW‖_F = {fro_sq ** 0.5:.3f}")
+    editing, health = session.evaluate()
+    print(f"\nEditing metrics over the {editing.live_edits} live edits (after-all; "
+          "docs/protocol.md):")
+    print(f"    {'':<15} {'binary':>10}  {'token':>10}  {'generation':>10}")
+    print("\n".join(_family_table(editing)))
+
+    print("\nWeight health of the edited matrices (ΔW = W − W0, all live edits together):")
+    for name in health.info["base"]:
+        print(f"    {name:<40} ‖ΔW‖/‖W0‖ = {health.value('delta_fro_ratio', weight=name):.3f}  "
+              f"σmax(ΔW)/σmax(W0) = {health.value('sigma_max_delta_ratio', weight=name):.3f}  "
+              f"κ(W)/κ(W0) = {health.value('condition_ratio', weight=name):.2f}")
+    for alarm in health.info["alarms"]:
+        print(f"    alarm: {alarm}")
 
     first = results[0]
     if first.applied:
