@@ -1,4 +1,4 @@
-"""Helpers for the lm-eval evaluator tests: offline guards, one thread, planted models."""
+"""Helpers for the lm-eval evaluator tests: an offline guard, weight snapshots, planted models."""
 from __future__ import annotations
 
 import socket
@@ -19,15 +19,6 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture
-def one_thread():
-    # Tiny models on a shared machine: extra threads only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def context(tokenizer, tmp_path) -> EvalContext:

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 import torch
-from harness_helpers import collapse, context, offline, one_thread, same_weights, snapshot
+from harness_helpers import collapse, context, offline, same_weights, snapshot
 
 from seqedit.metrics import create, harness, task_docs
 from seqedit.metrics.general import GENERAL_TASKS, GeneralEvaluator
 from seqedit.metrics.suite import no_signal
 from seqedit.models import tiny
 
-__all__ = ["offline", "one_thread"]  # fixtures, re-exported for pytest
+__all__ = ["offline"]  # a fixture, imported for pytest
 LIMITS = {"wikitext": 1}
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from harness_helpers import collapse, context, offline, one_thread, same_weights, snapshot
+from harness_helpers import collapse, context, offline, same_weights, snapshot
 
 from seqedit.metrics import create, task_docs
 from seqedit.metrics.safety import SAFETY_TASKS, advbench_prompt, is_refusal
 from seqedit.models import tiny
 
-__all__ = ["offline", "one_thread"]  # fixtures, re-exported for pytest
+__all__ = ["offline"]  # a fixture, imported for pytest
 
 
 def test_every_safety_task_runs_offline(one_thread, offline, tmp_path):
