@@ -45,5 +45,7 @@ class BigramLM(torch.nn.Module):
             row[WORDS.index(word)] = top + margin * (len(ranked) - i)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False):
-        return SimpleNamespace(logits=self.table[input_ids], past_key_values=())
+                use_cache=False, logits_to_keep=0):
+        logits = self.table[input_ids]
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits,
+                               past_key_values=())

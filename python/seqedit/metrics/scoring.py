@@ -3,8 +3,8 @@
 Text convention (the one the editors optimise, `seqedit.editors._text`): a prompt is tokenised
 with the tokenizer's special tokens and a target's own ids follow it, the target tokenised with a
 leading space (`_text.target_ids`). So a probability here is exactly what an editor's loss pushed
-on. Many prompts go through one padded forward (right padding for scoring, left padding for
-generation), so a thousand probes cost a few dozen forwards, not a thousand.
+on. Many prompts go through one left-padded forward, so a thousand probes cost a few dozen
+forwards, not a thousand, and the LM head runs only at the positions that are read.
 """
 from __future__ import annotations
 
@@ -44,32 +44,35 @@ def model_device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def score_targets(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], *,
                   batch_size: int = 32) -> list[TargetScore]:
-    """One TargetScore per (filled prompt, target), in order."""
+    """One TargetScore per (filled prompt, target), in order.
+
+    Rows are left padded, so every row's target positions are its last ones and the LM head runs
+    only there (`logits_to_keep`): on a 49k-token vocabulary the head over every position is
+    most of a scoring forward. Rows go through in order of length, so batches pad little.
+    """
     device = model_device(model)
     pad = pad_id(tokenizer)
     split = [(list(tokenizer(p)["input_ids"]), target_ids(tokenizer, t)) for p, t in pairs]
-    out: list[TargetScore] = []
-    for start in range(0, len(split), batch_size):
-        chunk = split[start:start + batch_size]
-        width = max(len(h) + len(t) - 1 for h, t in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (head, tail) in enumerate(chunk):
-            seq = head + tail[:-1]  # the last target token is predicted, never fed
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        for row, (head, tail) in enumerate(chunk):
-            # Position t predicts token t+1: the target's tokens are read off from len(head)-1.
-            pos = torch.arange(len(head) - 1, len(head) + len(tail) - 1, device=logits.device)
-            logp = logits[row, pos].float().log_softmax(-1)
+    order = sorted(range(len(split)), key=lambda i: len(split[i][0]) + len(split[i][1]))
+    out: list[TargetScore | None] = [None] * len(split)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        # The last target token is predicted, never fed.
+        ids, mask, positions = left_padded([split[i][0] + split[i][1][:-1] for i in index], pad,
+                                           device)
+        keep = max(len(split[i][1]) for i in index)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=keep).logits
+        for row, i in enumerate(index):
+            tail = split[i][1]
+            logp = logits[row, keep - len(tail):].float().log_softmax(-1)
             target = torch.tensor(tail, device=logits.device)
             chosen = logp.gather(1, target[:, None]).squeeze(1)
             top = logp.argmax(-1)
             hits = tuple(bool(h) for h in (top == target).tolist())
-            out.append(TargetScore(math.exp(float(chosen.mean())), all(hits), hits,
-                                   tuple(int(t) for t in top.tolist())))
-    return out
+            out[i] = TargetScore(math.exp(float(chosen.mean())), all(hits), hits,
+                                 tuple(int(t) for t in top.tolist()))
+    return out  # type: ignore[return-value]
 
 
 def left_padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, ...]:
@@ -112,7 +115,7 @@ def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[str], 
         past, step_ids, step_pos = None, ids, positions
         for t in range(steps):
             res = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                        past_key_values=past, use_cache=True)
+                        past_key_values=past, use_cache=True, logits_to_keep=1)
             past = res.past_key_values
             token = res.logits[:, -1].argmax(-1)
             token = torch.where(done, torch.full_like(token, pad), token)
