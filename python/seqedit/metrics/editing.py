@@ -157,19 +157,19 @@ class EditingEvaluator:
                         pairs.append((p, r.target_true))
                     entry["gen"].setdefault(group, []).append(len(gen_prompts))
                     gen_prompts.append(p)
-                    budgets.append(len(target_ids(tok, r.target_new)) + cfg.generation_slack)
+                    budgets.append(self._budget(tok, r.target_new))
             for p, answer in r.neighborhood_prompts:
                 entry["score"].setdefault("neighborhood", []).append(len(pairs))
                 pairs += [(p, answer), (p, r.target_new)]
                 entry["gen"].setdefault("neighborhood", []).append(len(gen_prompts))
                 gen_prompts.append(p)
-                budgets.append(self._neighbour_budget(tok, answer))
+                budgets.append(self._budget(tok, answer))
             port = extra.portability.get(content_key(r)) if extra and cfg.portability else None
             if port is not None:
                 entry["port"] = (len(pairs), len(gen_prompts), port)
                 pairs.append((port.question, port.answer))
                 gen_prompts.append(port.question)
-                budgets.append(len(target_ids(tok, port.answer)) + cfg.generation_slack)
+                budgets.append(self._budget(tok, port.answer))
             plan.append(entry)
         cases = (extra.complete_cases(requests) if extra and cfg.multihop and schedule == AFTER_ALL
                  else [])
@@ -181,8 +181,7 @@ class EditingEvaluator:
                 rows.append((len(pairs), len(gen_prompts)))
                 pairs.append((prompt, case.answers[0]))
                 gen_prompts.append(prompt)
-                budgets.append(max(len(target_ids(tok, a)) for a in case.answers)
-                               + cfg.generation_slack)
+                budgets.append(max(self._budget(tok, a) for a in case.answers))
             case_plan.append((case, rows))
 
         scores = score_targets(model, tok, pairs, batch_size=cfg.batch_size) if pairs else []
@@ -266,8 +265,9 @@ class EditingEvaluator:
         return EvalResult(self.name, metrics, step=ctx.step, live_edits=ctx.live_edits,
                           schedule=schedule, seconds=time.perf_counter() - start, info=info)
 
-    def _neighbour_budget(self, tok, answer: str) -> int:
-        return len(target_ids(tok, answer)) + self.config.generation_slack
+    def _budget(self, tok, target: str) -> int:
+        """Greedy tokens allowed for an answer: its own length plus the slack."""
+        return len(target_ids(tok, target)) + self.config.generation_slack
 
     def _generate(self, model, tok, prompts: list[str], budgets: list[int]):
         ids = generate_greedy(model, tok, prompts, max_new_tokens=budgets,
@@ -280,7 +280,7 @@ class EditingEvaluator:
             return
         tok = ctx.tokenizer
         pairs = [x for p, a, new in todo for x in ((p, a), (p, new))]
-        budgets = [self._neighbour_budget(tok, a) for _, a, _ in todo]
+        budgets = [self._budget(tok, a) for _, a, _ in todo]
         with ctx.unedited():
             scores = score_targets(model, tok, pairs, batch_size=self.config.batch_size)
             conts = generate_greedy(model, tok, [p for p, _, _ in todo], max_new_tokens=budgets,
