@@ -25,6 +25,13 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
 
 
+class _NoCache:
+    """A bigram needs no past; readers still select and copy cache rows."""
+
+    def batch_select_indices(self, indices) -> None:
+        pass
+
+
 class BigramLM(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -48,4 +55,4 @@ class BigramLM(torch.nn.Module):
                 use_cache=False, logits_to_keep=0):
         logits = self.table[input_ids]
         return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits,
-                               past_key_values=())
+                               past_key_values=past_key_values or _NoCache())

@@ -10,10 +10,11 @@ import seqedit.models
 import torch
 from seqedit.data import EditRequest
 from seqedit.editors import _text
-from seqedit.metrics import create, scoring
+from seqedit.metrics import create
 from seqedit.metrics._gora_graph import pair_logprobs, read_states
 from seqedit.metrics.base import EvalContext
 from seqedit.metrics.gora import GoraEvaluator
+from test_scoring import reference_score
 
 N_PROBES, K = 60, 5
 EDITS = [EditRequest(prompt="The capital of {} is", subject="Veloria", target_new="Paris",
@@ -181,30 +182,16 @@ def test_early_stopped_read_matches_full_forward(arch, probes, request):
         torch.testing.assert_close(key[i], seen["key"][0, pos].float(), rtol=1e-7, atol=1e-7)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("cut", [False, True])
-def test_shared_prompt_scoring_matches_score_targets(arch, cut, probes, request, monkeypatch):
-    model, tok = request.getfixturevalue(arch)
+def test_pair_logprobs_are_true_then_new_per_probe(llama, probes):
+    model, tok = llama
     model = model.double()
-    chosen = probes[:11]  # batches of 4: a short last batch
-    if cut:
-        # Byte-level targets are never one token; cut some to one (the same way for both
-        # scorers): a batch of single-token targets only, and one mixing both kinds.
-        single = {t for p in chosen[:4] for t in (p.target_true, p.target_new)}
-        single |= {p.target_true for p in chosen[4:6]}
-        real = _text.target_ids
-
-        def target_ids(tokenizer, target):
-            ids = real(tokenizer, target)
-            return ids[:1] if target in single else ids
-
-        monkeypatch.setattr(_text, "target_ids", target_ids)
-        monkeypatch.setattr(scoring, "target_ids", target_ids)
+    chosen = probes[:6]
     got = pair_logprobs(model, tok, chosen, batch_size=4)
-    pairs = [(p.filled_prompt, t) for p in chosen for t in (p.target_true, p.target_new)]
-    want = [s.prob for s in scoring.score_targets(model, tok, pairs, batch_size=5)]
-    torch.testing.assert_close(got.double().exp().flatten(),
-                               torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0)
+    want = [[reference_score(model, tok, p.filled_prompt, t)[0] for t in (p.target_true,
+                                                                          p.target_new)]
+            for p in chosen]
+    torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
 
 
 def test_layer_defaults_to_deepest_edited_mlp(llama, probes):

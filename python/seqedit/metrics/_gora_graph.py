@@ -13,7 +13,7 @@ import torch
 from ..editors import _text
 from ..editors import keys as _keys
 from .base import iter_batches
-from .scoring import left_padded, model_device
+from .scoring import Query, model_device, read_prompts
 
 SITES = ("block_out", "key", "final")
 
@@ -44,50 +44,13 @@ def read_states(model, spec, tokenizer, requests, *, site: str, layer: int,
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
-@torch.no_grad()
 def pair_logprobs(model, tokenizer, probes, *, batch_size: int) -> torch.Tensor:
     """[N, 2] mean per-token log-probs of (target_true, target_new) after each filled prompt,
-    under teacher forcing: the quantity `scoring.score_targets` reports as log(prob).
-
-    Each prompt runs once (left padded, logits at its last position only) and both targets
-    continue from its KV cache, so the prompt, most of each row, is not run twice as it is when
-    the 2N pairs are scored as separate rows.
-    """
-    device, pad = model_device(model), _text.pad_id(tokenizer)
-    out = []
-    for chunk in iter_batches(list(probes), batch_size):
-        heads = [list(tokenizer(p.filled_prompt)["input_ids"]) for p in chunk]
-        tails = [_text.target_ids(tokenizer, t) for p in chunk
-                 for t in (p.target_true, p.target_new)]
-        ids, mask, positions = left_padded(heads, pad, device)
-        res = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
-        first = res.logits[:, -1].float().log_softmax(-1).repeat_interleave(2, dim=0)
-        total = first.gather(1, torch.tensor([[t[0]] for t in tails], device=device))[:, 0]
-        # Only targets longer than one token need a second forward (about one in ten of
-        # CounterFact's for a 49k-vocab tokenizer); each continues from its prompt's cache rows.
-        longer = [row for row, tail in enumerate(tails) if len(tail) > 1]
-        if longer:
-            owner = torch.tensor([row // 2 for row in longer], device=device)
-            past = res.past_key_values
-            past.batch_select_indices(owner)
-            more = max(len(tails[row]) for row in longer) - 1
-            ids2 = torch.full((len(longer), more), pad, dtype=torch.long)
-            mask2 = torch.zeros((len(longer), more), dtype=torch.long)
-            for i, row in enumerate(longer):
-                ids2[i, :len(tails[row]) - 1] = torch.tensor(tails[row][:-1])
-                mask2[i, :len(tails[row]) - 1] = 1
-            pos2 = mask.sum(-1)[owner][:, None] + torch.arange(more, device=device)
-            logp = model(input_ids=ids2.to(device), past_key_values=past, use_cache=True,
-                         attention_mask=torch.cat([mask[owner], mask2.to(device)], dim=1),
-                         position_ids=pos2).logits.float().log_softmax(-1)
-            for i, row in enumerate(longer):
-                tail = tails[row]
-                steps = torch.arange(len(tail) - 1, device=device)
-                total[row] += logp[i, steps, torch.tensor(tail[1:], device=device)].sum()
-        lengths = torch.tensor([len(t) for t in tails], dtype=torch.float32, device=device)
-        out.append((total / lengths).view(-1, 2).cpu())
-    return torch.cat(out)
+    under teacher forcing; each prompt runs once and both targets continue from it."""
+    queries = [Query(p.filled_prompt, (p.target_true, p.target_new)) for p in probes]
+    readings = read_prompts(model, tokenizer, queries, batch_size=batch_size)
+    return torch.tensor([[s.logprob for s in r.scores] for r in readings],
+                        dtype=torch.float32).reshape(-1, 2)
 
 
 def unit_rows(h: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ..editors._text import target_ids
 from .answers import ngram_entropy, starts_with_answer
 from .base import AFTER_ALL, AFTER_EACH, EvalContext, EvalResult, Metric, configure
 from .extra_probes import ExtraProbes, content_key
-from .scoring import generate_greedy, score_targets
+from .scoring import Query, Reading, generate_greedy, read_prompts
 
 FAMILIES = ("binary", "token", "generation")
 
@@ -82,6 +82,29 @@ class _Reference:
     continuation: tuple[int, ...]  # greedy continuation within the budget
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """One prompt of a measurement: its group, the request (or multi-hop case) it belongs to,
+    what is read from it, and the answers a generation may start with."""
+
+    group: str
+    owner: int
+    query: Query
+    answers: tuple[str, ...]
+
+
+_NAMES = {"edit": "efficacy", "paraphrase": "generalization", "portability": "portability",
+          "multihop": "multihop"}
+
+
+def _average(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+# MQuAKE counts a case as answered when any of its questions is.
+_COMBINE = {("generation", "multihop"): max}
+
+
 def _mean(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -127,168 +150,127 @@ class EditingEvaluator:
         chosen = {id(r) for r in sorted(requests, key=rank)[:m]}
         return [r for r in requests if id(r) in chosen]
 
+    def _slots(self, tok, requests: list, schedule: str) -> list[_Slot]:
+        """Every prompt to read, with what to ask of it: targets to score (binary/token
+        families) and a greedy budget (generation family)."""
+        cfg, extra = self.config, self._extra
+        scored = bool({"binary", "token"} & set(cfg.families))
+        generate = "generation" in cfg.families
+
+        def slot(group, owner, prompt, targets, answers):
+            budget = max(self._budget(tok, a) for a in answers) if generate else 0
+            return _Slot(group, owner, Query(prompt, tuple(targets) if scored else (), budget),
+                         tuple(answers))
+
+        slots = []
+        for i, r in enumerate(requests):
+            pair = (r.target_new,) if r.target_true is None else (r.target_new, r.target_true)
+            slots.append(slot("edit", i, r.filled_prompt, pair, [r.target_new]))
+            slots += [slot("paraphrase", i, p, pair, [r.target_new]) for p in r.paraphrase_prompts]
+            slots += [slot("neighborhood", i, p, (a, r.target_new), [a])
+                      for p, a in r.neighborhood_prompts]
+            port = extra.portability.get(content_key(r)) if extra and cfg.portability else None
+            if port is not None:
+                slots.append(slot("portability", i, port.question, [port.answer], [port.answer]))
+        if extra and cfg.multihop and schedule == AFTER_ALL:
+            for c, case in enumerate(extra.complete_cases(requests)):
+                slots += [slot("multihop", c, f"Q: {q} A:", case.answers[:1], case.answers)
+                          for q in case.questions]
+        return slots
+
+    def _judge(self, slot: _Slot, reading: Reading, text: str | None,
+               request) -> dict[tuple[str, str], float]:
+        """The per-prompt values, keyed (family, metric name)."""
+        s, out = reading.scores, {}
+        if slot.group == "neighborhood":
+            ref = self._reference[(slot.query.prompt, slot.answers[0], request.target_new)]
+            if s:
+                prefers = s[0].prob > s[1].prob
+                same = [a == b for a, b in zip(s[0].top_tokens, ref.top_tokens)]
+                out[("binary", "specificity")] = float(prefers)
+                out[("binary", "locality")] = float(prefers == ref.prefers_answer)
+                out[("token", "locality")] = sum(same) / len(same)
+            if text is not None:
+                out[("generation", "specificity")] = float(starts_with_answer(text, slot.answers[0]))
+                out[("generation", "locality")] = float(reading.generated == ref.continuation)
+            return out
+        name = _NAMES[slot.group]
+        if s:
+            out[("token", name)] = s[0].token_accuracy
+            if len(s) > 1:
+                out[("binary", name)] = float(s[0].prob > s[1].prob)
+                if slot.group == "edit":
+                    out[("binary", "margin")] = s[0].prob - s[1].prob
+        if text is not None:
+            out[("generation", name)] = float(starts_with_answer(text, list(slot.answers)))
+        return out
+
     def _measure(self, model, ctx: EvalContext, requests: list, schedule: str, *,
                  fluency: bool) -> EvalResult:
         start = time.perf_counter()
         tok, cfg = ctx.tokenizer, self.config
+        self._ensure_reference(model, ctx, [(p, a, r.target_new) for r in requests
+                                            for p, a in r.neighborhood_prompts])
+        slots = self._slots(tok, requests, schedule)
+        readings = read_prompts(model, tok, [s.query for s in slots], batch_size=cfg.batch_size)
+        # Per prompt, then per request (or multi-hop case) and group, then over those.
+        owned: dict[tuple[str, int], dict[tuple[str, str], list[float]]] = {}
+        for slot, reading in zip(slots, readings):
+            text = (tok.decode(list(reading.generated), skip_special_tokens=True)
+                    if slot.query.budget else None)
+            request = requests[slot.owner] if slot.group != "multihop" else None
+            cell = owned.setdefault((slot.group, slot.owner), {})
+            for key, value in self._judge(slot, reading, text, request).items():
+                cell.setdefault(key, []).append(value)
         per: dict[tuple[str, str, str], list[float]] = {}
-
-        def add(family: str, group: str, name: str, value: float | None) -> None:
-            if value is not None and family in cfg.families:
-                per.setdefault((family, group, name), []).append(float(value))
-
-        neighbours = [(p, a, r.target_new) for r in requests for p, a in r.neighborhood_prompts]
-        self._ensure_reference(model, ctx, neighbours)
-
-        # One batched scoring pass and one batched generation pass for every prompt.
-        pairs: list[tuple[str, str]] = []
-        gen_prompts: list[str] = []
-        budgets: list[int] = []
-        plan = []
-        extra = self._extra
-        for r in requests:
-            item = {"edit": [r.filled_prompt], "paraphrase": list(r.paraphrase_prompts)}
-            entry = {"request": r, "score": {}, "gen": {}}
-            for group, prompts in item.items():
-                for p in prompts:
-                    entry["score"].setdefault(group, []).append(len(pairs))
-                    pairs.append((p, r.target_new))
-                    if r.target_true is not None:
-                        pairs.append((p, r.target_true))
-                    entry["gen"].setdefault(group, []).append(len(gen_prompts))
-                    gen_prompts.append(p)
-                    budgets.append(self._budget(tok, r.target_new))
-            for p, answer in r.neighborhood_prompts:
-                entry["score"].setdefault("neighborhood", []).append(len(pairs))
-                pairs += [(p, answer), (p, r.target_new)]
-                entry["gen"].setdefault("neighborhood", []).append(len(gen_prompts))
-                gen_prompts.append(p)
-                budgets.append(self._budget(tok, answer))
-            port = extra.portability.get(content_key(r)) if extra and cfg.portability else None
-            if port is not None:
-                entry["port"] = (len(pairs), len(gen_prompts), port)
-                pairs.append((port.question, port.answer))
-                gen_prompts.append(port.question)
-                budgets.append(self._budget(tok, port.answer))
-            plan.append(entry)
-        cases = (extra.complete_cases(requests) if extra and cfg.multihop and schedule == AFTER_ALL
-                 else [])
-        case_plan = []
-        for case in cases:
-            rows = []
-            for q in case.questions:
-                prompt = f"Q: {q} A:"
-                rows.append((len(pairs), len(gen_prompts)))
-                pairs.append((prompt, case.answers[0]))
-                gen_prompts.append(prompt)
-                budgets.append(max(self._budget(tok, a) for a in case.answers))
-            case_plan.append((case, rows))
-
-        scores = score_targets(model, tok, pairs, batch_size=cfg.batch_size) if pairs else []
-        want_gen = "generation" in cfg.families
-        texts = self._generate(model, tok, gen_prompts, budgets) if want_gen else None
-        items = []
-        for entry in plan:
-            r = entry["request"]
-            row = {"case_id": r.case_id}
-            for group in ("edit", "paraphrase"):
-                binary, token, gen = [], [], []
-                for k, g in zip(entry["score"].get(group, []), entry["gen"].get(group, [])):
-                    new = scores[k]
-                    token.append(new.token_accuracy)
-                    if r.target_true is not None:
-                        binary.append(float(new.prob > scores[k + 1].prob))
-                        if group == "edit":
-                            add("binary", group, "margin", new.prob - scores[k + 1].prob)
-                    if texts is not None:
-                        gen.append(float(starts_with_answer(texts[g][0], r.target_new)))
-                name = "efficacy" if group == "edit" else "generalization"
-                for family, values in (("binary", binary), ("token", token), ("generation", gen)):
-                    if values:
-                        add(family, group, name, sum(values) / len(values))
-                        row[f"{family}.{name}"] = sum(values) / len(values)
-            spec_b, loc_b, loc_t, spec_g, loc_g = [], [], [], [], []
-            for (p, answer), k, g in zip(r.neighborhood_prompts,
-                                         entry["score"].get("neighborhood", []),
-                                         entry["gen"].get("neighborhood", [])):
-                ref = self._reference[(p, answer, r.target_new)]
-                ans, new = scores[k], scores[k + 1]
-                spec_b.append(float(ans.prob > new.prob))
-                loc_b.append(float((ans.prob > new.prob) == ref.prefers_answer))
-                same = [a == b for a, b in zip(ans.top_tokens, ref.top_tokens)]
-                loc_t.append(sum(same) / len(same))
-                if texts is not None:
-                    spec_g.append(float(starts_with_answer(texts[g][0], answer)))
-                    loc_g.append(float(tuple(texts[g][1]) == ref.continuation))
-            for family, name, values in (("binary", "specificity", spec_b),
-                                         ("binary", "locality", loc_b),
-                                         ("token", "locality", loc_t),
-                                         ("generation", "specificity", spec_g),
-                                         ("generation", "locality", loc_g)):
-                if values:
-                    add(family, "neighborhood", name, sum(values) / len(values))
-                    row[f"{family}.{name}"] = sum(values) / len(values)
-            if "port" in entry:
-                k, g, port = entry["port"]
-                add("token", "portability", "portability", scores[k].token_accuracy)
-                if texts is not None:
-                    add("generation", "portability", "portability",
-                        float(starts_with_answer(texts[g][0], port.answer)))
-            items.append(row)
-        for case, rows in case_plan:
-            add("token", "multihop", "multihop",
-                sum(scores[k].token_accuracy for k, _ in rows) / len(rows))
-            if texts is not None:  # MQuAKE counts a case when any of its questions is answered
-                add("generation", "multihop", "multihop",
-                    float(any(starts_with_answer(texts[g][0], list(case.answers))
-                              for _, g in rows)))
-        if fluency and want_gen and cfg.fluency_prompts and cfg.fluency_tokens:
-            for value in self._fluency(model, tok, requests):
-                add("generation", "edit", "fluency", value)
-
-        metrics = []
-        for (family, group, name), values in sorted(per.items()):
-            mean, stderr = _mean(values)
-            protocol = {"family": family, "schedule": schedule, "prompts": group}
-            if family == "generation":
-                protocol["decoding"] = (f"greedy, budget len(target)+{cfg.generation_slack}"
-                                        if name != "fluency" else f"greedy, {cfg.fluency_tokens}"
-                                        " tokens, n-gram entropy")
-            if name == "locality":
-                protocol["reference"] = "unedited model"
-            elif name == "specificity":
-                protocol["reference"] = "ground truth"
-            metrics.append(Metric(name, mean, protocol, n=len(values), stderr=stderr))
-        info = {"requests": len(requests), "multihop_cases": len(cases)}
+        items = [{"case_id": r.case_id} for r in requests]
+        for (group, owner), cell in owned.items():
+            for (family, name), values in cell.items():
+                combine = _COMBINE.get((family, group), _average)
+                per.setdefault((family, group, name), []).append(combine(values))
+                if group != "multihop":
+                    items[owner][f"{family}.{name}"] = combine(values)
+        if fluency and "generation" in cfg.families and cfg.fluency_prompts and cfg.fluency_tokens:
+            per[("generation", "edit", "fluency")] = self._fluency(model, tok, requests)
+        metrics = [self._metric(family, group, name, values, schedule)
+                   for (family, group, name), values in sorted(per.items()) if values]
+        info = {"requests": len(requests),
+                "multihop_cases": len({o for g, o in owned if g == "multihop"})}
         if schedule == AFTER_EACH:
             info["items"] = items
         return EvalResult(self.name, metrics, step=ctx.step, live_edits=ctx.live_edits,
                           schedule=schedule, seconds=time.perf_counter() - start, info=info)
 
+    def _metric(self, family: str, group: str, name: str, values: list[float],
+                schedule: str) -> Metric:
+        mean, stderr = _mean(values)
+        protocol = {"family": family, "schedule": schedule, "prompts": group}
+        if family == "generation":
+            protocol["decoding"] = (f"greedy, budget len(target)+{self.config.generation_slack}"
+                                    if name != "fluency" else
+                                    f"greedy, {self.config.fluency_tokens} tokens, n-gram entropy")
+        if name == "locality":
+            protocol["reference"] = "unedited model"
+        elif name == "specificity":
+            protocol["reference"] = "ground truth"
+        return Metric(name, mean, protocol, n=len(values), stderr=stderr)
+
     def _budget(self, tok, target: str) -> int:
         """Greedy tokens allowed for an answer: its own length plus the slack."""
         return len(target_ids(tok, target)) + self.config.generation_slack
-
-    def _generate(self, model, tok, prompts: list[str], budgets: list[int]):
-        ids = generate_greedy(model, tok, prompts, max_new_tokens=budgets,
-                              batch_size=self.config.batch_size)
-        return [(tok.decode(x, skip_special_tokens=True), x) for x in ids]
 
     def _ensure_reference(self, model, ctx: EvalContext, neighbours: list) -> None:
         todo = list(dict.fromkeys(n for n in neighbours if n not in self._reference))
         if not todo:
             return
         tok = ctx.tokenizer
-        pairs = [x for p, a, new in todo for x in ((p, a), (p, new))]
-        budgets = [self._budget(tok, a) for _, a, _ in todo]
+        queries = [Query(p, (a, new), self._budget(tok, a)) for p, a, new in todo]
         with ctx.unedited():
-            scores = score_targets(model, tok, pairs, batch_size=self.config.batch_size)
-            conts = generate_greedy(model, tok, [p for p, _, _ in todo], max_new_tokens=budgets,
-                                    batch_size=self.config.batch_size)
-        for i, key in enumerate(todo):
-            ans, new = scores[2 * i], scores[2 * i + 1]
+            readings = read_prompts(model, tok, queries, batch_size=self.config.batch_size)
+        for key, reading in zip(todo, readings):
+            ans, new = reading.scores
             self._reference[key] = _Reference(ans.prob > new.prob, ans.top_tokens,
-                                              tuple(conts[i]))
+                                              reading.generated)
 
     def _fluency(self, model, tok, requests: list) -> list[float]:
         chosen = sorted(requests, key=lambda r: hashlib.sha256(

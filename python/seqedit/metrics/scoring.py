@@ -3,11 +3,18 @@
 Text convention (the one the editors optimise, `seqedit.editors._text`): a prompt is tokenised
 with the tokenizer's special tokens and a target's own ids follow it, the target tokenised with a
 leading space (`_text.target_ids`). So a probability here is exactly what an editor's loss pushed
-on. Many prompts go through one left-padded forward, so a thousand probes cost a few dozen
-forwards, not a thousand, and the LM head runs only at the positions that are read.
+on.
+
+Every read goes through `read_prompts`: each prompt runs once, many prompts per left-padded
+forward, and everything asked of it continues from that one prefill — the last position's logits
+give every target's first token and the first greedy token; targets longer than one token continue
+from a copy of the prompt's KV cache rows; the greedy continuation from the cache itself. The LM
+head runs only at the positions that are read. So a prompt asked for two targets and a
+generation costs one prompt forward, not three.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,58 +28,50 @@ from ..editors._text import pad_id, target_ids
 class TargetScore:
     """Teacher-forced reading of one target after one prompt.
 
-    prob: exp(mean token log-prob), the per-token geometric mean (ROME/MEMIT's NLL metrics);
-    argmax: every target token is the model's top prediction; token_hits: per target token,
-    whether it is the top prediction (EasyEdit's token accuracy is their mean); top_tokens: the
-    model's top prediction at each target position (what locality compares against).
+    logprob: mean token log-prob; prob = exp(logprob), the per-token geometric mean (ROME/MEMIT's
+    NLL metrics); token_hits: per target token, whether it is the top prediction (EasyEdit's
+    token accuracy is their mean); top_tokens: the model's top prediction at each target position
+    (what locality compares against); argmax: every target token is the top prediction.
     """
 
-    prob: float
-    argmax: bool
+    logprob: float
     token_hits: tuple[bool, ...]
     top_tokens: tuple[int, ...]
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+    @property
+    def argmax(self) -> bool:
+        return all(self.token_hits)
 
     @property
     def token_accuracy(self) -> float:
         return sum(self.token_hits) / len(self.token_hits)
 
 
+@dataclass(frozen=True)
+class Query:
+    """One prompt to read: the scores of `targets` after it, and a greedy continuation of at most
+    `budget` tokens (0: none)."""
+
+    prompt: str
+    targets: tuple[str, ...] = ()
+    budget: int = 0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a Query asked for: one TargetScore per target, in order, and the greedy token ids
+    (stopped at the tokenizer's EOS, which is not included)."""
+
+    scores: tuple[TargetScore, ...]
+    generated: tuple[int, ...]
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
-
-
-@torch.no_grad()
-def score_targets(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], *,
-                  batch_size: int = 32) -> list[TargetScore]:
-    """One TargetScore per (filled prompt, target), in order.
-
-    Rows are left padded, so every row's target positions are its last ones and the LM head runs
-    only there (`logits_to_keep`): on a 49k-token vocabulary the head over every position is
-    most of a scoring forward. Rows go through in order of length, so batches pad little.
-    """
-    device = model_device(model)
-    pad = pad_id(tokenizer)
-    split = [(list(tokenizer(p)["input_ids"]), target_ids(tokenizer, t)) for p, t in pairs]
-    order = sorted(range(len(split)), key=lambda i: len(split[i][0]) + len(split[i][1]))
-    out: list[TargetScore | None] = [None] * len(split)
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        # The last target token is predicted, never fed.
-        ids, mask, positions = left_padded([split[i][0] + split[i][1][:-1] for i in index], pad,
-                                           device)
-        keep = max(len(split[i][1]) for i in index)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=keep).logits
-        for row, i in enumerate(index):
-            tail = split[i][1]
-            logp = logits[row, keep - len(tail):].float().log_softmax(-1)
-            target = torch.tensor(tail, device=logits.device)
-            chosen = logp.gather(1, target[:, None]).squeeze(1)
-            top = logp.argmax(-1)
-            hits = tuple(bool(h) for h in (top == target).tolist())
-            out[i] = TargetScore(math.exp(float(chosen.mean())), all(hits), hits,
-                                 tuple(int(t) for t in top.tolist()))
-    return out  # type: ignore[return-value]
 
 
 def left_padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, ...]:
@@ -88,48 +87,144 @@ def left_padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, 
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def read_prompts(model: torch.nn.Module, tokenizer: Any, queries: list[Query], *,
+                 batch_size: int = 32) -> list[Reading]:
+    """One Reading per Query, in order (see `read_tokens`)."""
+    budgets = [q.budget for q in queries]
+    if any(not isinstance(b, int) or isinstance(b, bool) or b < 0 for b in budgets):
+        raise ValueError("a greedy budget must be a non-negative int")
+    heads = [list(tokenizer(q.prompt)["input_ids"]) for q in queries]
+    tails = [[target_ids(tokenizer, t) for t in q.targets] for q in queries]
+    return read_tokens(model, heads, tails, budgets, pad=pad_id(tokenizer),
+                       eos=tokenizer.eos_token_id, batch_size=batch_size)
+
+
 @torch.no_grad()
-def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[str], *,
-                    max_new_tokens: int | list[int], batch_size: int = 32) -> list[list[int]]:
-    """Greedy continuations (token ids, at most `max_new_tokens` each — one budget for all or
-    one per prompt), many prompts per forward with left padding and a KV cache. Generation
-    stops early for a row at the tokenizer's EOS."""
-    budgets = ([max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int)
-               else list(max_new_tokens))
-    if len(budgets) != len(prompts) or any(b < 0 for b in budgets):
-        raise ValueError("max_new_tokens must be a non-negative int or one per prompt")
+def read_tokens(model: torch.nn.Module, heads: list[list[int]], tails: list[list[list[int]]],
+                budgets: list[int], *, pad: int, eos: int | None,
+                batch_size: int = 32) -> list[Reading]:
+    """For each prompt (token ids, non-empty) the scores of its target tails and a greedy
+    continuation of at most its budget. Prompts go through in order of length (little padding),
+    `batch_size` prompts per prefill."""
     device = model_device(model)
-    pad = pad_id(tokenizer)
-    eos = tokenizer.eos_token_id
-    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
-    out: list[list[int]] = []
-    for start in range(0, len(encoded), batch_size):
-        chunk, budget = encoded[start:start + batch_size], budgets[start:start + batch_size]
-        steps = max(budget, default=0)
-        if steps == 0:
-            out.extend([] for _ in chunk)
-            continue
-        ids, mask, positions = left_padded(chunk, pad, device)
-        generated = torch.full((len(chunk), steps), -1, dtype=torch.long, device=device)
-        done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-        past, step_ids, step_pos = None, ids, positions
-        for t in range(steps):
-            res = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+    order = sorted(range(len(heads)), key=lambda i: len(heads[i]))
+    out: list[Reading | None] = [None] * len(heads)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        ids, mask, positions = left_padded([heads[i] for i in index], pad, device)
+        res = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
+        first = _log_softmax(res.logits[:, -1])
+        rows = [(b, tail) for b, i in enumerate(index) for tail in tails[i]]
+        # Scored before decoding, which extends the cache in place.
+        scores = _score_tails(model, res.past_key_values, mask, first, rows, pad)
+        generated = _decode(model, res.past_key_values, mask, positions, first,
+                            [budgets[i] for i in index], pad, eos)
+        k = 0
+        for b, i in enumerate(index):
+            n = len(tails[i])
+            out[i] = Reading(tuple(scores[k:k + n]), tuple(generated[b]))
+            k += n
+    return out  # type: ignore[return-value]
+
+
+def _score_tails(model, past, mask, first, rows, pad) -> list[TargetScore]:
+    """A TargetScore for each (batch row, target ids): the first token from the prefill's last
+    logits, the rest from one forward over a copy of the owners' cache rows."""
+    logps = [[first[b]] for b, _ in rows]
+    longer = [k for k, (_, tail) in enumerate(rows) if len(tail) > 1]
+    if longer:
+        device = first.device
+        owner = torch.tensor([rows[k][0] for k in longer], device=device)
+        cache = copy.deepcopy(past)
+        cache.batch_select_indices(owner)
+        width = max(len(rows[k][1]) for k in longer) - 1
+        ids = torch.full((len(longer), width), pad, dtype=torch.long)
+        fed = torch.zeros((len(longer), width), dtype=torch.long)
+        for j, k in enumerate(longer):
+            tail = rows[k][1][:-1]  # the last target token is predicted, never fed
+            ids[j, :len(tail)] = torch.tensor(tail)
+            fed[j, :len(tail)] = 1
+        ids, fed = ids.to(device), fed.to(device)
+        positions = mask.sum(-1)[owner][:, None] + torch.arange(width, device=device)
+        logits = model(input_ids=ids, attention_mask=torch.cat([mask[owner], fed], dim=1),
+                       position_ids=positions, past_key_values=cache, use_cache=True).logits
+        logp = _log_softmax(logits)
+        for j, k in enumerate(longer):
+            logps[k].extend(logp[j, :len(rows[k][1]) - 1])
+    return [_target_score(torch.stack(lp), tail) for lp, (_, tail) in zip(logps, rows)]
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """In float32 at least (bf16/fp16 logits lose the small gaps that decide a preference)."""
+    return logits.log_softmax(-1) if logits.dtype == torch.float64 else logits.float().log_softmax(-1)
+
+
+def _target_score(logp: torch.Tensor, tail: list[int]) -> TargetScore:
+    target = torch.tensor(tail, device=logp.device)
+    chosen = logp.gather(1, target[:, None]).squeeze(1)
+    top = logp.argmax(-1)
+    return TargetScore(float(chosen.double().mean()),
+                       tuple(bool(h) for h in (top == target).tolist()),
+                       tuple(int(t) for t in top.tolist()))
+
+
+def _decode(model, past, mask, positions, first, budgets, pad, eos) -> list[list[int]]:
+    """Greedy ids per batch row, at most its budget, continuing the prefill in `past`."""
+    steps = max(budgets, default=0)
+    if steps == 0:
+        return [[] for _ in budgets]
+    device = first.device
+    generated = torch.full((len(budgets), steps), -1, dtype=torch.long, device=device)
+    done = torch.zeros(len(budgets), dtype=torch.bool, device=device)
+    token, position = first.argmax(-1), positions[:, -1:]
+    for t in range(steps):
+        if t:
+            position = position + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            res = model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
                         past_key_values=past, use_cache=True, logits_to_keep=1)
             past = res.past_key_values
             token = res.logits[:, -1].argmax(-1)
-            token = torch.where(done, torch.full_like(token, pad), token)
-            generated[:, t] = torch.where(done, torch.full_like(token, -1), token)
-            if eos is not None:
-                done = done | (token == eos)
-            if bool(done.all()):
-                break
-            step_ids = token[:, None]
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        for row, b in enumerate(budget):
-            seq = [int(x) for x in generated[row, :b].tolist() if x >= 0]
-            if eos is not None and eos in seq:
-                seq = seq[:seq.index(eos)]
-            out.append(seq)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        generated[:, t] = torch.where(done, torch.full_like(token, -1), token)
+        if eos is not None:
+            done = done | (token == eos)
+        if bool(done.all()):
+            break
+    out = []
+    for row, b in enumerate(budgets):
+        seq = [int(x) for x in generated[row, :b].tolist() if x >= 0]
+        if eos is not None and eos in seq:
+            seq = seq[:seq.index(eos)]
+        out.append(seq)
     return out
+
+
+def score_targets(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], *,
+                  batch_size: int = 32) -> list[TargetScore]:
+    """One TargetScore per (filled prompt, target), in order; pairs that share a prompt share
+    its forward."""
+    groups: dict[str, list[int]] = {}
+    for k, (prompt, _) in enumerate(pairs):
+        groups.setdefault(prompt, []).append(k)
+    queries = [Query(p, tuple(pairs[k][1] for k in ks)) for p, ks in groups.items()]
+    out: list[TargetScore | None] = [None] * len(pairs)
+    for ks, reading in zip(groups.values(), read_prompts(model, tokenizer, queries,
+                                                         batch_size=batch_size)):
+        for k, score in zip(ks, reading.scores):
+            out[k] = score
+    return out  # type: ignore[return-value]
+
+
+def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[str], *,
+                    max_new_tokens: int | list[int], batch_size: int = 32) -> list[list[int]]:
+    """Greedy continuations (token ids, at most `max_new_tokens` each — one budget for all or
+    one per prompt), stopped early at the tokenizer's EOS."""
+    budgets = ([max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int)
+               else list(max_new_tokens))
+    if len(budgets) != len(prompts):
+        raise ValueError("max_new_tokens must be a non-negative int or one per prompt")
+    readings = read_prompts(model, tokenizer, [Query(p, (), b) for p, b in zip(prompts, budgets)],
+                            batch_size=batch_size)
+    return [list(r.generated) for r in readings]
