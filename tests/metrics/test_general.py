@@ -49,7 +49,7 @@ def test_every_task_runs_offline_with_finite_scores(tiny_run):
         scores = [m for m in result.metrics if m.protocol["task"] == task]
         assert scores, task
         for m in scores:
-            assert m.protocol["family"] == "general" and m.protocol["harness"] == "lm-eval 0.4.13"
+            assert m.protocol["family"] == "general" and m.protocol["harness"] == harness.HARNESS
             assert m.n == (1 if task == "wikitext" else 3)
             if m.value is None:  # PRUNE's NLI accuracy over parseable answers: none parsed
                 assert m.name == "prune_nli.acc"

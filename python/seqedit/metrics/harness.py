@@ -31,7 +31,8 @@ import torch
 from .task_docs import FUNCTIONS
 
 TASK_DIR = Path(__file__).parent / "tasks"
-HARNESS = "lm-eval 0.4.13"
+# What every general/safety score was measured with (a protocol label, part of the cache key).
+HARNESS = "lm-eval 0.4.13, HFLM with shared contexts (seqedit.metrics.harness_lm)"
 _OFFLINE = (("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"))
 _FUNCTION_PREFIX = "seqedit:"
 logger = logging.getLogger(__name__)
@@ -196,16 +197,17 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
 
     require_lm_eval()
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from .harness_lm import SharedContextLM
 
     logger.info("lm-eval on %s", ", ".join(f"{s.name} ({len(docs[s.name])} docs)" for s in specs))
     start, was_training = time.perf_counter(), model.training
     try:
         with offline():
             with _no_retie(model):
-                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                          max_length=max_length)
+                lm = SharedContextLM(pretrained=model, tokenizer=tokenizer,
+                                     batch_size=batch_size, max_length=max_length)
             # No response or request cache (an edited model is scored afresh); no reseeding of
             # the caller's global RNGs. bootstrap_iters > 0 only switches on the closed-form
             # stderr of means: no task here aggregates with a bootstrapped metric.

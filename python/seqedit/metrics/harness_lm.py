@@ -1,0 +1,46 @@
+"""lm-eval's Hugging Face model with its context work shared across a question's choices.
+
+lm-eval scores a multiple-choice item by running context + choice once per choice (it shares
+only one-token continuations). `SharedContextLM` runs the context once and scores every choice from
+its KV cache (`scoring.read_tokens`), so a five-choice item costs about one context forward instead
+of five — the same log-likelihoods up to float rounding (tests/metrics/test_harness_lm.py).
+Requests alone with their context (rolling perplexity windows, one-choice items), too long for
+the window or with an empty continuation go through HFLM unchanged. Imported only when lm-eval
+is installed.
+"""
+from __future__ import annotations
+
+from lm_eval.models.huggingface import HFLM
+
+from ..editors._text import pad_id
+from .scoring import read_tokens
+
+class SharedContextLM(HFLM):
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, (_, context, _) in enumerate(requests):
+            groups.setdefault(tuple(context), []).append(k)
+        mine, theirs = [], []
+        for context, ks in groups.items():
+            fits = all(0 < len(requests[k][2]) and len(context) + len(requests[k][2])
+                       <= self.max_length for k in ks)
+            (mine if context and len(ks) > 1 and fits else theirs).append(ks)
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        alone = [k for ks in theirs for k in ks]
+        if alone:
+            answers = super()._loglikelihood_tokens([requests[k] for k in alone],
+                                                    disable_tqdm=disable_tqdm,
+                                                    override_bs=override_bs)
+            for k, answer in zip(alone, answers):
+                out[k] = answer
+        if mine:
+            batch = override_bs or self.batch_size
+            readings = read_tokens(self.model, [list(requests[ks[0]][1]) for ks in mine],
+                                   [[list(requests[k][2]) for k in ks] for ks in mine],
+                                   [0] * len(mine), pad=pad_id(self.tokenizer), eos=None,
+                                   batch_size=batch if isinstance(batch, int) else 16)
+            for ks, reading in zip(mine, readings):
+                for k, score in zip(ks, reading.scores):
+                    out[k] = (score.logprob * len(score.token_hits), score.argmax)
+                    self.cache_hook.add_partial("loglikelihood", requests[k][0], out[k])
+        return out
