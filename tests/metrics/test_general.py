@@ -230,3 +230,31 @@ def test_an_untied_output_embedding_is_not_retied(one_thread, offline, tmp_path)
     ev.evaluate(model, context(tok, tmp_path))
     assert same_weights(model, before)
     assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+
+
+def test_quick_probe_defaults_and_frozen_config():
+    ev = GeneralEvaluator()
+    assert ev.config.tasks == ("wikitext", "sst2", "commonsenseqa_cloze")
+    assert ev._limit("wikitext") == 4 and ev._limit("sst2") == 200
+    assert GeneralEvaluator(task_limits={"wikitext": None})._limit("wikitext") is None
+    assert GeneralEvaluator(task_limits={"sst2": 7})._limit("wikitext") == 4
+    with pytest.raises(AttributeError):
+        ev.config.limit = 5
+    with pytest.raises(TypeError):
+        ev.config.task_limits["sst2"] = 5
+
+
+def test_unedited_result_reports_prepare_without_measuring_again(offline, tmp_path, one_thread):
+    model, tok = tiny("llama", seed=2)
+    ctx = context(tok, tmp_path)
+    ev = GeneralEvaluator(tasks=["sst2"], limit=4)
+    ev.prepare(model, ctx)
+    calls = []
+    measure = ev._measure
+    ev._measure = lambda *a: calls.append(1) or measure(*a)
+    base = ev.unedited_result(ctx)
+    assert not calls
+    now = ev.evaluate(model, ctx)
+    assert calls
+    assert [(m.label, m.value) for m in base.metrics] == [(m.label, m.value) for m in now.metrics]
+    assert base.info["sst2"]["unedited"] == now.info["sst2"]["unedited"]

@@ -33,7 +33,7 @@ REFUSAL_PHRASES = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class SafetyConfig(SuiteConfig):
     """Adds: max_new_tokens, the AdvBench generation budget; chat_template: ask AdvBench through
     the tokenizer's chat template (for instruction-tuned models) instead of a plain frame."""

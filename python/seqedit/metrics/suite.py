@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from .base import EvalContext, EvalResult, Metric
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SuiteConfig:
     """tasks: packaged task names (see `harness.available_tasks()`). limit: documents per task,
     a seeded subset (None: all); task_limits: per-task overrides of it, e.g. {"wikitext": 8}
@@ -46,6 +47,10 @@ class SuiteConfig:
     signal_sigmas: float = 2.0
     mute_threshold: float = 0.9
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "task_limits", MappingProxyType(dict(self.task_limits)))
+
 
 class SuiteEvaluator:
     """Base of `GeneralEvaluator` and `SafetyEvaluator`; subclasses set `name`, `config_cls`,
@@ -54,17 +59,17 @@ class SuiteEvaluator:
     name = "suite"
     config_cls: type = SuiteConfig
     known_tasks: tuple[str, ...] = ()
+    # Limits for tasks whose documents are far larger than an item (unless task_limits says).
+    default_task_limits: MappingProxyType = MappingProxyType({})
 
     def __init__(self, **options: Any) -> None:
         from .base import configure
 
         self.config = configure(self.config_cls, options, self.name)
-        self.config.tasks = tuple(self.config.tasks)
         unknown = [t for t in self.config.tasks if t not in self.known_tasks]
         if unknown:
             raise ValueError(f"evaluator {self.name!r}: unknown task(s) {unknown}; "
                              f"known: {list(self.known_tasks)}")
-        self.config.task_limits = dict(self.config.task_limits)
         stray = sorted(set(self.config.task_limits) - set(self.known_tasks))
         if stray:
             raise ValueError(f"evaluator {self.name!r}: task_limits names unknown task(s) "
@@ -79,7 +84,9 @@ class SuiteEvaluator:
         self._unedited: dict[str, Any] | None = None
 
     def _limit(self, task: str) -> int | None:
-        return self.config.task_limits.get(task, self.config.limit)
+        if task in self.config.task_limits:
+            return self.config.task_limits[task]
+        return self.default_task_limits.get(task, self.config.limit)
 
     def _docs(self) -> dict[str, list[dict]]:
         return {s.name: harness.task_docs(s, self._limit(s.name), self.config.seed)
@@ -144,11 +151,23 @@ class SuiteEvaluator:
         harness.store_cached(directory, key, self._unedited)
 
     def evaluate(self, model: torch.nn.Module, ctx: EvalContext) -> EvalResult:
+        self._require_unedited()
+        start = time.perf_counter()
+        measured = self._measure(model, ctx)
+        return self._result(measured, ctx, time.perf_counter() - start)
+
+    def unedited_result(self, ctx: EvalContext) -> EvalResult:
+        """The unedited model's scores as `evaluate` would report them, from `prepare` (nothing
+        is measured again)."""
+        return self._result(self._require_unedited(), ctx, 0.0)
+
+    def _require_unedited(self) -> dict[str, Any]:
         if self._unedited is None:
             raise RuntimeError(f"evaluator {self.name!r}: call prepare(model, ctx) on the "
                                "unedited model first")
-        start = time.perf_counter()
-        measured = self._measure(model, ctx)
+        return self._unedited
+
+    def _result(self, measured: dict[str, Any], ctx: EvalContext, seconds: float) -> EvalResult:
         metrics, info = [], {}
         for task, m in measured.items():
             base = self._unedited.get(task, {})
@@ -173,7 +192,7 @@ class SuiteEvaluator:
                 "muted_unedited": bool((base.get("muting") or {}).get("muted"))}
         info["muted_tasks"] = sorted(t for t, i in info.items() if i["muted"])
         return EvalResult(self.name, metrics, step=ctx.step, live_edits=ctx.live_edits,
-                          seconds=time.perf_counter() - start, info=info)
+                          seconds=seconds, info=info)
 
 
 def no_signal(score: float | None, stderr: float | None, chance: float | None, n: int | None,
