@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .alphaedit import AlphaEditConfig, AlphaEditEditor
-from .base import Delta, EditContext, Editor, LayerDelta, StatelessEditor
+from .base import Delta, EditContext, Editor, LayerDelta, SolveError, StatelessEditor
 from .ft import FTConfig, FTEditor
 from .memit import MemitConfig, MemitEditor
 from .rome import RomeConfig, RomeEditor
@@ -38,6 +38,7 @@ def create(name: str, spec, **overrides) -> Editor:
 
 __all__ = [
     "EDITORS", "create", "Delta", "LayerDelta", "EditContext", "Editor", "StatelessEditor",
+    "SolveError",
     "RomeConfig", "RomeEditor", "MemitConfig", "MemitEditor", "AlphaEditConfig", "AlphaEditEditor",
     "FTConfig", "FTEditor",
 ]

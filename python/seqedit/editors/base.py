@@ -14,6 +14,18 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import torch
 
 
+class SolveError(ValueError):
+    """The numbers of this edit cannot be solved safely (singular, indefinite or ill-conditioned
+    statistics, statistics of the wrong shape or dtype, a non-finite intermediate). Raised by
+    `Editor.compute` before anything changes; the session records the edit as refused with
+    `reason` and goes on (`strict=True` raises). Bad *configuration* is not a SolveError: it is
+    a ValueError at construction time."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class LayerDelta:
     """ΔW = u @ v.T in the mathematical [out, in] orientation, whatever the storage layout.
