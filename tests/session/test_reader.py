@@ -7,6 +7,7 @@ import pytest
 
 from seqedit import EditSession
 from seqedit.session import LedgerError
+from seqedit.session.integrity import seal_line
 from seqedit.session.reader import read_run
 
 from session_helpers import make_requests
@@ -18,6 +19,17 @@ EVAL = {"type": "eval", "step": 2, "live_edits": 1, "evaluator": "efficacy",
 def _append(path, text):
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def _append_sealed(path, *records):
+    """Append lines as the session would: each chained to the one before."""
+    head = json.loads(path.read_text().splitlines()[-1])["chain"]
+    sealed = []
+    for record in records:
+        sealed.append(seal_line(record, head))
+        head = sealed[-1]["chain"]
+    _append(path, "".join(json.dumps(r) + "\n" for r in sealed))
+    return sealed
 
 
 @pytest.fixture
@@ -48,10 +60,20 @@ def test_reads_while_a_session_holds_the_lock(llama, fake, tmp_path):
 
 def test_refused_edits_are_edits_but_never_live(run_dir):
     lines = (run_dir / "ledger.jsonl").read_text().splitlines(keepends=True)
-    refused = {**json.loads(lines[2]), "status": "refused"}
+    # A refused line, sealed as the session would write it (a flipped status alone is tampering).
+    refused = seal_line({**json.loads(lines[2]), "status": "refused"},
+                        json.loads(lines[1])["chain"])
     (run_dir / "ledger.jsonl").write_text("".join(lines[:2]) + json.dumps(refused) + "\n")
     run = read_run(run_dir)  # the rollback line is gone with the rewrite
     assert len(run.edits) == 3 and run.live_edit_ids == [0, 1]
+
+
+def test_a_flipped_status_is_tampering(run_dir):
+    lines = (run_dir / "ledger.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = json.dumps({**json.loads(lines[2]), "status": "refused"}) + "\n"
+    (run_dir / "ledger.jsonl").write_text("".join(lines))
+    with pytest.raises(LedgerError, match=r"ledger\.jsonl:3: its chain checksum does not match"):
+        read_run(run_dir)
 
 
 @pytest.mark.parametrize("tail", ['{"type": "edit", "edit_id": 3, "requ',  # no newline yet
@@ -81,17 +103,17 @@ def test_a_line_that_is_not_an_object_is_an_error(run_dir):
 
 def test_eval_lines_are_collected_in_order(run_dir):
     second = {**EVAL, "step": 3, "result": {"score": 0.75}}
-    _append(run_dir / "ledger.jsonl", json.dumps(EVAL) + "\n" + json.dumps(second) + "\n")
+    sealed = _append_sealed(run_dir / "ledger.jsonl", EVAL, second)
     run = read_run(run_dir)
-    assert run.evaluations == [EVAL, second]
+    assert run.evaluations == sealed
     assert [r["type"] for r in run.records] == ["edit"] * 3 + ["rollback", "eval", "eval"]
     assert run.live_edit_ids == [0, 2]  # other line types do not disturb the edit views
 
 
-def test_a_directory_without_a_ledger_file_is_an_empty_run(run_dir):
-    (run_dir / "ledger.jsonl").unlink()  # a writer stopped right after writing the manifest
-    run = read_run(run_dir)
-    assert run.records == [] and run.live_edit_ids == [] and run.manifest["method"] == "fake"
+def test_a_manifest_without_its_ledger_is_an_error(run_dir):
+    (run_dir / "ledger.jsonl").unlink()  # creation writes the ledger first: this is a loss
+    with pytest.raises(LedgerError, match="ledger.jsonl is missing"):
+        read_run(run_dir)
 
 
 def test_a_directory_without_a_manifest_is_not_a_run(tmp_path):

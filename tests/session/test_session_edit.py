@@ -61,7 +61,7 @@ def test_ledger_line_fields(llama, fake, tmp_path):
         session.rollback(0)
     lines = (tmp_path / "s" / "ledger.jsonl").read_text().splitlines()
     edit, rollback = (json.loads(line) for line in lines)
-    assert set(edit) == {"type", "edit_id", "time", "method", "config_hash", "seqedit_version",
+    assert set(edit) == {"type", "edit_id", "time", "method", "config_hash", "seqedit_version", "chain",
                          "requests", "request_keys", "stats_layers", "info", "memo", "status", "reason",
                          "delta", "layer_stats", "base_fingerprint", "timings", "probabilities"}
     assert edit["type"] == "edit" and edit["status"] == "applied" and edit["reason"] is None
@@ -82,7 +82,8 @@ def test_ledger_line_fields(llama, fake, tmp_path):
                                   "use_stats": False}
     prob = edit["probabilities"][0]
     assert set(prob) == {"case_id", "pre", "post", "success"}
-    assert set(rollback) == {"type", "edit_id", "time", "seqedit_version", "layer_stats", "timings"}
+    assert set(rollback) == {"type", "edit_id", "time", "seqedit_version", "layer_stats", "timings",
+                             "chain"}
     assert rollback["type"] == "rollback" and rollback["edit_id"] == 0
 
 

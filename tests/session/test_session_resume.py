@@ -21,6 +21,7 @@ from seqedit import EditSession
 from seqedit.models import spec as model_spec
 from seqedit.models import tiny
 from seqedit.session import LedgerError
+from seqedit.session.integrity import seal_manifest
 
 
 class Killed(BaseException):
@@ -200,7 +201,7 @@ def test_resume_accepts_a_config_field_added_later_at_its_default(tmp_path):
     path = tmp_path / "s" / "manifest.json"
     manifest = json.loads(path.read_text())
     del manifest["config"]["zero"]
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(seal_manifest(manifest)))  # as the older seqedit wrote it
     fresh, _ = tiny("llama", seed=0)
     with pytest.raises(LedgerError, match=r"differing: \['zero'\]"):
         EditSession.resume(tmp_path / "s", fresh, tok, method=FakeEditor(spec, FakeConfig(zero=(7,))))
@@ -226,15 +227,28 @@ def test_corrupt_line_is_an_error_naming_it(tmp_path):
         assert resumed.live_edits == [0, 1]
 
 
-def test_crash_during_creation_leaves_an_empty_session(tmp_path):
+def test_a_creation_killed_before_its_manifest_can_be_created_again(tmp_path):
     model, tok = tiny("llama", seed=0)
     spec = model_spec(model)
-    with EditSession(model, tok, FakeEditor(spec), ledger_dir=tmp_path / "s"):
-        pass
-    (tmp_path / "s" / "ledger.jsonl").unlink()  # as if killed between manifest and ledger
-    with EditSession.resume(tmp_path / "s", model, tok, method=FakeEditor(spec),
-                            progress=False) as resumed:
-        assert resumed.live_edits == [] and resumed.edit(make_requests(1), progress=False)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "ledger.jsonl").touch()  # the lock was taken, the manifest never written
+    with pytest.raises(LedgerError, match="creation was interrupted"):
+        EditSession.resume(tmp_path / "s", model, tok, method=FakeEditor(spec))
+    with EditSession(model, tok, FakeEditor(spec), ledger_dir=tmp_path / "s") as session:
+        assert session.edit(make_requests(1), progress=False)[0].status == "applied"
+
+
+def test_a_manifest_without_its_ledger_is_refused_and_kept(tmp_path):
+    model, tok = tiny("llama", seed=0)
+    spec = model_spec(model)
+    with EditSession(model, tok, FakeEditor(spec), ledger_dir=tmp_path / "s") as session:
+        session.edit(make_requests(2), progress=False)
+    (tmp_path / "s" / "ledger.jsonl").unlink()
+    before = sorted(p.name for p in (tmp_path / "s").rglob("*"))
+    fresh, _ = tiny("llama", seed=0)
+    with pytest.raises(LedgerError, match="ledger.jsonl is missing"):
+        EditSession.resume(tmp_path / "s", fresh, tok, method=FakeEditor(spec))
+    assert sorted(p.name for p in (tmp_path / "s").rglob("*")) == before
 
 
 def test_a_write_failure_that_cannot_be_undone_stops_the_session(tmp_path, monkeypatch):

@@ -1,17 +1,46 @@
 """What a step checks before anything moves, and the one fused weight update it then makes."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import torch
 
 from .. import ops
 from ..data import EditRequest, Problem, RequestValidationError, validate
-from ..editors.base import Delta
+from ..editors.base import Delta, LayerDelta
 from .hashing import request_key
 from .ledger import Ledger
 
 _SANE_CONTEXT = 1 << 22  # tokenizers say ~1e30 when they do not know their context length
+# One edit may change a weight by at most this multiple of its base norm. Generous on purpose:
+# real-model ROME/MEMIT/AlphaEdit edits are a few percent of W, but on tiny random models (weights
+# of std 0.02) sound edits reach 2-3x; an overflowing or runaway solve is orders of magnitude off.
+MAX_DELTA_RATIO = 10.0
+
+
+def check_session_options(seed: Any, max_delta_ratio: Any) -> None:
+    """The session's own options, checked before anything is created."""
+    problems = []
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.append(f"seed must be an int, got {seed!r}")
+    if (not isinstance(max_delta_ratio, (int, float)) or isinstance(max_delta_ratio, bool)
+            or math.isnan(max_delta_ratio) or max_delta_ratio <= 0):
+        problems.append("max_delta_ratio must be a number > 0 (math.inf turns the guard off), "
+                        f"got {max_delta_ratio!r}")
+    if problems:
+        raise ValueError("EditSession: " + "; ".join(problems))
+
+
+def check_editor(editor: Any) -> None:
+    """`method` given as an object must be an Editor (`seqedit.editors.base.Editor`)."""
+    from ..editors import EDITORS
+
+    missing = [a for a in ("name", "config", "compute", "commit", "revert")
+               if not hasattr(editor, a)]
+    if missing:
+        raise TypeError(f"method must be an editor name ({', '.join(sorted(EDITORS))}) or an "
+                        f"Editor instance; got {editor!r} (it has no {', '.join(missing)})")
 
 
 def as_requests(requests: Any) -> list[EditRequest]:
@@ -80,19 +109,57 @@ def check_structure(model: torch.nn.Module, method: str, delta: Any) -> None:
                              f"fit the weight {shape} (transposed={d.transposed})")
 
 
-def refusal(delta: Delta) -> str | None:
-    """Why a well-formed delta must not be applied, or None. An edit that would change nothing
-    is refused too: reporting it as applied is the silent no-op users hit elsewhere."""
+def refusal(delta: Delta, model: torch.nn.Module, base_norm: Callable[[str], float], *,
+            max_delta_ratio: float) -> str | None:
+    """Why a well-formed delta must not be applied, or None. Nothing here changes a weight.
+
+    Refused: an empty, zero or non-finite delta (an edit that changes nothing reported as
+    applied is the silent no-op users hit elsewhere); one whose result would not be finite in
+    the weight's dtype (fp16 tops out at 65504); one with ‖ΔW‖_F > max_delta_ratio · ‖W₀‖_F for
+    some weight (a degenerate solve, not an edit).
+    """
     if not delta.layers:
         return "the editor returned an empty delta (it would change nothing)"
     reason = delta.non_finite_reason()
     if reason is not None:
         return reason
-    # ‖U Vᵀ‖²_F = Σ (UᵀU ∘ VᵀV), from the factors alone.
-    if all(float(((d.u.double().T @ d.u.double()) * (d.v.double().T @ d.v.double())).sum()) == 0.0
-           for d in delta.layers):
+    norms = {}
+    for d in delta.layers:
+        # ‖U Vᵀ‖²_F = Σ (UᵀU ∘ VᵀV), from the factors alone.
+        u, v = d.u.double(), d.v.double()
+        norms[d.name] = math.sqrt(max(float(((u.T @ u) * (v.T @ v)).sum()), 0.0))
+    if all(n == 0.0 for n in norms.values()):
         return "the editor returned a zero delta (it would change nothing)"
+    for d in delta.layers:
+        why = _overflow(model.get_parameter(d.name), d)
+        if why:
+            return f"{d.name}: {why}"
+    for name, norm in norms.items():
+        base = base_norm(name)
+        if base > 0 and norm > max_delta_ratio * base:
+            return (f"{name}: ‖ΔW‖_F = {norm:.4g} is {norm / base:.3g}× ‖W₀‖_F = {base:.4g}, "
+                    f"over max_delta_ratio = {max_delta_ratio:g} (a degenerate solve, not an "
+                    "edit)")
     return None
+
+
+def _overflow(weight: torch.Tensor, d: LayerDelta) -> str | None:
+    """Whether W + U Vᵀ leaves the dtype's finite range. The bound max|W| + Σⱼ max|uⱼ|·max|vⱼ|
+    costs one pass over W; only when it fails is the sum formed, in float64, to be sure."""
+    limit = torch.finfo(weight.dtype).max
+    with torch.no_grad():
+        w_max = float(weight.detach().abs().max()) if weight.numel() else 0.0
+        bound = w_max + float((d.u.double().abs().amax(0) * d.v.double().abs().amax(0)).sum())
+        if bound < limit:
+            return None
+        dense = d.u.double().to(weight.device) @ d.v.double().to(weight.device).T
+        result = weight.detach().double() + (dense.T if d.transposed else dense)
+        # The update is formed in float32 before it is added: that must stay finite too.
+        if (bool(torch.isfinite(dense.float()).all())
+                and bool(torch.isfinite(result.to(weight.dtype)).all())):
+            return None
+    return (f"W + ΔW would overflow {str(weight.dtype).removeprefix('torch.')} (largest "
+            f"|entry| {float(result.abs().max()):.3g}, limit {limit:.3g})")
 
 
 def apply_delta(model: torch.nn.Module, delta: Delta, alpha: float) -> dict[str, dict[str, float]]:

@@ -16,6 +16,8 @@ import logging
 import numbers
 import tempfile
 import time
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,20 +25,22 @@ import torch
 
 from .._version import __version__
 from ..data import EditRequest
-from ..editors.base import Delta, EditContext
+from ..editors.base import Delta, EditContext, SolveError
 from ..metrics.base import EvalResult
 from . import peft_export
 from .base_weights import BaseWeights
-from .checks import (apply_delta, as_requests, check_structure, refusal, split_done,
+from .checks import (MAX_DELTA_RATIO, apply_delta, as_requests, check_editor,
+                     check_session_options, check_structure, refusal, split_done,
                      validate_requests)
 from .evaluation import EvaluationStop, Evaluations, check_evaluators, stop_requested
 from .hashing import config_dict, config_hash, jsonable, request_key, tensor_fingerprint
+from .integrity import model_fingerprint
 from .ledger import FORMAT, FORMAT_VERSION, Ledger, LedgerError
 from .moments import SecondMoments
 from ..metrics.probe import request_probabilities, success
 from .reader import read_run
-from .replay import (check_base_model, check_same_editor, declared_layers, model_identity,
-                     portable_memo, replay, restore_memo)
+from .replay import (check_base_model, check_config_hashes, check_same_editor,
+                     declared_layers, model_identity, portable_memo, replay, restore_memo)
 from .results import APPLIED, REFUSED, SKIPPED, EditRefused, EditResult, RollbackError
 
 log = logging.getLogger("seqedit.session")
@@ -80,30 +84,41 @@ class EditSession:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, method: Any = "memit", *,
                  spec: Any = None, stats: Any = None, stats_options: dict | None = None,
                  ledger_dir: str | Path | None = None, seed: int = 0,
-                 evaluators: Any = None, eval_every: int | None = None, **config: Any) -> None:
+                 evaluators: Any = None, eval_every: int | None = None,
+                 max_delta_ratio: float = MAX_DELTA_RATIO, **config: Any) -> None:
         evaluators = check_evaluators(evaluators, eval_every)
+        check_session_options(seed, max_delta_ratio)
+        self._tmp = self._ledger = None
         self._setup(model, tokenizer, method, spec, stats, stats_options, seed, config)
+        self._max_delta_ratio = float(max_delta_ratio)
         fingerprints = {}
         for layer in declared_layers(self._editor):  # before any weight can move
             name = self.spec.mlp_out_weight_name(layer)
             fingerprints[name] = tensor_fingerprint(model.get_parameter(name))
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "seqedit_version": __version__,
-            "created": _now(), "method": self.method, "config": config_dict(self._editor.config),
-            "config_hash": self.config_hash, "seed": seed,
+            "created": _now(), "session_id": uuid.uuid4().hex, "method": self.method,
+            "config": config_dict(self._editor.config), "config_hash": self.config_hash,
+            "seed": seed, "max_delta_ratio": self._max_delta_ratio,
             "model": model_identity(model, self.spec), "base_fingerprint": fingerprints,
+            "model_fingerprint": model_fingerprint(model),
         }
-        self._tmp = None
         if ledger_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="seqedit-session-")
             ledger_dir = self._tmp.name
-        self._ledger = Ledger.create(ledger_dir, manifest)
-        self._start_evaluations(evaluators, eval_every)
+        self._claim_model()
+        try:
+            self._ledger = Ledger.create(ledger_dir, manifest)
+            self._start_evaluations(evaluators, eval_every)
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self, model, tokenizer, method, spec, stats, stats_options, seed, config) -> None:
         from ..models import spec as model_spec
 
         self.model, self.tokenizer = model, tokenizer
+        self._w0_norms: dict[str, float] = {}
         self.spec = spec if spec is not None else model_spec(model)
         if isinstance(method, str):
             from ..editors import create
@@ -113,6 +128,7 @@ class EditSession:
             raise TypeError(f"editor options {sorted(config)} apply only when `method` is a "
                             "name; configure the Editor instance itself")
         else:
+            check_editor(method)
             self._editor = method
         self.method = self._editor.name
         self.config_hash = config_hash(self.method, self._editor.config, __version__)
@@ -147,10 +163,10 @@ class EditSession:
         """
         evaluators = check_evaluators(evaluators, eval_every)
         ledger = Ledger.open(directory)
+        self = cls.__new__(cls)
+        self._tmp = self._ledger = None
         try:
             manifest = ledger.manifest
-            self = cls.__new__(cls)
-            self._tmp = None
             config = {}
             if method is None or (isinstance(method, str) and method == manifest["method"]):
                 method = manifest["method"]
@@ -164,15 +180,21 @@ class EditSession:
                                       "in seqedit.editors.EDITORS; pass the Editor as `method=`")
             self._setup(model, tokenizer, method, spec, stats, stats_options, manifest["seed"],
                         config)
+            self._max_delta_ratio = float(manifest.get("max_delta_ratio", MAX_DELTA_RATIO))
             check_same_editor(directory, manifest, self.method, self._editor.config)
+            check_config_hashes(ledger, self.method, self._editor.config)
             check_base_model(model, self.spec, manifest, ledger.fingerprints)
+            self._claim_model()
             self._ledger = ledger
+            for name in ledger.fingerprints:  # the base weights, before replay moves them
+                self._w0_norm(name)
             self._start_evaluations(evaluators, eval_every)
             restore_memo(self._ctx.memo, ledger.memo)
             replay(ledger, self._editor, self._moments, self._apply, progress=progress)
             return self
         except BaseException:
             ledger.close()
+            self.close()
             raise
 
     load = resume  # same operation: a saved directory is a ledger like any other
@@ -225,19 +247,24 @@ class EditSession:
         clock = _Clock()
         pre = self._probe(batch, probe)
         clock.lap("probe_pre_s")
-        delta = self._editor.compute(self.model, batch, self._ctx)
+        try:
+            delta = self._editor.compute(self.model, batch, self._ctx)
+        except SolveError as err:
+            delta, reason = None, f"the editor could not solve this edit: {err.reason}"
         clock.lap("compute_s")
-        check_structure(self.model, self.method, delta)
+        if delta is not None:
+            check_structure(self.model, self.method, delta)
+            reason = refusal(delta, self.model, self._w0_norm,
+                             max_delta_ratio=self._max_delta_ratio)
         record = {
             "type": "edit", "edit_id": edit_id, "time": _now(), "method": self.method,
             "config_hash": self.config_hash, "seqedit_version": __version__,
             "requests": [r.to_dict() for r in batch],
             "request_keys": [request_key(r) for r in batch],
             "stats_layers": sorted(self._moments.computed - self._ledger.stats_layers),
-            "info": jsonable(delta.info),
+            "info": jsonable(delta.info) if delta is not None else {},
             "memo": portable_memo(self._ctx.memo, self._ledger.memo),
         }
-        reason = refusal(delta)
         if reason is not None:
             return self._refuse(edit_id, batch, record, reason, pre, clock, strict)
         return self._commit(edit_id, batch, delta, record, pre, clock, probe)
@@ -338,6 +365,27 @@ class EditSession:
         return [EditRequest.from_dict(r) for rec in run.edits if rec["edit_id"] in live
                 for r in rec["requests"]]
 
+    def _w0_norm(self, name: str) -> float:
+        """‖W₀‖_F of an edited weight: read the first time the session sees it, while it is
+        still the base weight (a fresh session's first edit of it, or a resume before replay)."""
+        if name not in self._w0_norms:
+            weight = self.model.get_parameter(name).detach()
+            self._w0_norms[name] = float(torch.linalg.vector_norm(weight, dtype=torch.float64))
+        return self._w0_norms[name]
+
+    def _claim_model(self) -> None:
+        """One live session per model object: a second one's ledger would not reproduce it."""
+        owner = getattr(self.model, "_seqedit_session", None)
+        other = owner() if owner is not None else None
+        if other is not None and other is not self and not other.closed:
+            raise RuntimeError(f"this model object is already being edited by {other!r}; close "
+                               "that session first (or load another copy of the model)")
+        self.model._seqedit_session = weakref.ref(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._ledger is None or self._ledger.closed
+
     def _crash_point(self, where: str) -> None:
         """Does nothing; tests replace it to kill the process at a named point of a step."""
 
@@ -418,8 +466,13 @@ class EditSession:
         return peft_export.write_adapter(directory, self.model, factors, rank=rank)
 
     def close(self) -> None:
-        """Release the directory lock (and remove a temporary directory)."""
-        self._ledger.close()
+        """Release the directory lock and the model (and remove a temporary directory)."""
+        if self._ledger is not None:
+            self._ledger.close()
+        model = getattr(self, "model", None)
+        owner = getattr(model, "_seqedit_session", None)
+        if owner is not None and owner() is self:
+            del model._seqedit_session
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

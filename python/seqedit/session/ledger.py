@@ -1,17 +1,24 @@
 """The session directory: an append-only JSONL ledger plus one safetensors file per applied edit.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    manifest.json             who/what: method, config, model identity, base-weight fingerprints
+    manifest.json             who/what: method, config, seed, model identity, base fingerprints,
+                              session_id; sealed by its own checksum
     ledger.jsonl              one JSON object per line, only ever appended to: "edit",
-                              "rollback" and "eval" lines (an evaluator's result at a step)
+                              "rollback" and "eval" lines (an evaluator's result at a step), each
+                              with a checksum chained to the line before (`integrity`)
     deltas/<edit_id>.safetensors   the factors (and editor keys) of each applied edit
 
-The commit point of an edit or a rollback is its ledger line reaching the disk (write + fsync).
-A delta file is made durable (temp file, fsync, rename, fsync of the directory) before the line
-that names it is written, so a committed line never points at a missing file; a delta file that
-no line names is debris from a crash and is deleted when the directory is reopened. A line cut
-short by a crash has no trailing newline and is cut off on reopen: it never committed.
+Creation takes the directory's lock first (the ledger file, created exclusively and locked) and
+writes the manifest after, so two processes creating one directory cannot both win. The commit
+point of an edit or a rollback is its ledger line reaching the disk (write + fsync). A delta file
+is made durable (temp file, fsync, rename, fsync of the directory) before the line that names it
+is written, so a committed line never points at a missing file. Reopening repairs only what a
+crash can leave: a line cut short (no trailing newline; it never committed) and the delta file of
+the next edit id that no line names. Anything else that disagrees — other unnamed delta files, a
+missing ledger beside a manifest, a broken checksum — is a LedgerError and nothing is deleted.
+Format 1 directories (no checksums) still open, with a warning; lines appended to them are
+chained from then on.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import safetensors.torch
 from .._atomic import fsync_dir, write_all, write_atomic, write_durable
 from ..editors.base import Delta
 from .hashing import canonical_json
+from .integrity import chain_root, follow, manifest_problem, seal_line, seal_manifest
 
 try:  # advisory lock: one writer per directory; absent on Windows, where we go without
     import fcntl
@@ -38,7 +46,7 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("seqedit.session")
 
 FORMAT = "seqedit-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 LEDGER = "ledger.jsonl"
 DELTAS = "deltas"
@@ -58,11 +66,27 @@ class Entry:
     request_keys: list[str]
     case_ids: list[Any]
     delta: dict[str, Any] | None
+    config_hash: str | None = None
+    seqedit_version: str | None = None
     rolled_back: bool = False
 
     @property
     def live(self) -> bool:
         return self.status == "applied" and not self.rolled_back
+
+
+def _create_exclusive(path: Path, data: bytes) -> None:
+    """Write `path` durably under a unique temporary name, then link it into place: the link
+    fails if `path` exists, so no writer ever replaces another's file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    write_durable(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise LedgerError(f"{path} appeared while this session was being created (another "
+                          "process created a session here)") from None
+    finally:
+        tmp.unlink()
 
 
 def delta_file_name(edit_id: int) -> str:
@@ -72,15 +96,39 @@ def delta_file_name(edit_id: int) -> str:
 def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
-        raise LedgerError(f"{root} is not a seqedit session directory: no {MANIFEST} "
-                          "(an interrupted save() writes the manifest last)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
+        what = ("its creation was interrupted before the manifest was written: nothing to resume"
+                if _abandoned(root) else "an interrupted save() writes the manifest last")
+        raise LedgerError(f"{root} is not a seqedit session directory: no {MANIFEST} ({what})")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LedgerError(f"{path}: not a JSON manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LedgerError(f"{path}: not a seqedit session manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise LedgerError(f"{path}: format version {manifest['format_version']} is newer than "
-                          f"this seqedit understands ({FORMAT_VERSION}); upgrade seqedit")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise LedgerError(f"{path}: format version {version!r} is newer than this seqedit "
+                          f"understands ({FORMAT_VERSION}); upgrade seqedit")
+    if is_legacy(manifest):
+        log.warning("%s: format 1, written before seqedit checked integrity; its history is "
+                    "not verified (lines appended now are)", path)
+    else:
+        problem = manifest_problem(manifest)
+        if problem:
+            raise LedgerError(f"{path}: {problem}")
     return manifest
+
+
+def is_legacy(manifest: dict[str, Any]) -> bool:
+    """Format 1: written before manifests and lines carried checksums."""
+    return manifest.get("format_version", 0) < 2
+
+
+def _abandoned(root: Path) -> bool:
+    """A directory whose creation died after taking the lock: an empty ledger and nothing else."""
+    ledger, deltas = root / LEDGER, root / DELTAS
+    return (ledger.is_file() and ledger.stat().st_size == 0 and not (root / MANIFEST).exists()
+            and (not deltas.exists() or not any(deltas.iterdir())))
 
 
 class Ledger:
@@ -96,6 +144,8 @@ class Ledger:
         self._processed: dict[str, list[int]] = {}  # request key -> edit steps that had it
         self._evals: dict[tuple[int, str], dict[str, Any]] = {}  # (state, evaluator) -> line
         self.state = 0  # edit and rollback lines so far: which model an eval line measured
+        self._history: list[tuple[str, int]] = []  # ("edit" | "rollback", edit_id) that moved W
+        self.head = chain_root(manifest)  # the chain value the next line must follow
         self._size = 0
         self._broken = False
         self._fd = -1
@@ -104,15 +154,32 @@ class Ledger:
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def create(cls, root: str | os.PathLike, manifest: dict[str, Any]) -> "Ledger":
+        """Claim `root` (the locked ledger file first), then write the sealed manifest."""
         root = Path(root)
-        if (root / MANIFEST).exists() or (root / LEDGER).exists():
+        if (root / MANIFEST).exists():
             raise LedgerError(f"{root} already holds a session; continue it with "
                               "EditSession.resume(dir, model, tokenizer) or pick another directory")
-        (root / DELTAS).mkdir(parents=True, exist_ok=True)
-        ledger = cls(root, manifest)
-        write_atomic(root / MANIFEST, json.dumps(manifest, indent=1).encode())
-        ledger._open_fd(create=True)
-        fsync_dir(root)
+        root.mkdir(parents=True, exist_ok=True)
+        ledger = cls(root, seal_manifest(manifest))
+        try:
+            ledger._open_fd(create=True)
+        except FileExistsError:
+            # Another creator got here first — or died before writing the manifest.
+            if not _abandoned(root):
+                raise LedgerError(f"{root} already holds a session (or another process is "
+                                  "creating one); continue it with EditSession.resume or pick "
+                                  "another directory") from None
+            ledger._open_fd(create=False)
+        try:
+            if os.fstat(ledger._fd).st_size or (root / MANIFEST).exists():
+                raise LedgerError(f"{root} already holds a session (another process created it "
+                                  "first); continue it with EditSession.resume")
+            (root / DELTAS).mkdir(exist_ok=True)
+            _create_exclusive(root / MANIFEST, json.dumps(ledger.manifest, indent=1).encode())
+            fsync_dir(root)
+        except BaseException:
+            ledger.close()
+            raise
         return ledger
 
     @classmethod
@@ -120,9 +187,11 @@ class Ledger:
         """Open an existing directory for appending, repairing what a crash may have left."""
         root = Path(root)
         ledger = cls(root, read_manifest(root))
-        # create() writes the manifest first: a crash right after it leaves no ledger file,
-        # which is an empty ledger, not an error.
-        ledger._open_fd(create=not (root / LEDGER).exists())
+        if not (root / LEDGER).is_file():
+            # create() makes the ledger before the manifest: it was lost, not never written.
+            raise LedgerError(f"{root}: the manifest is there but {LEDGER} is missing; the "
+                              "session's history is gone (restore the file; nothing was changed)")
+        ledger._open_fd(create=False)
         try:
             ledger._load()
         except BaseException:
@@ -142,9 +211,12 @@ class Ledger:
             os.fsync(self._fd)
         for number, line in enumerate(committed.split(b"\n")[:-1], 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise LedgerError(f"{where}:{number}: not JSON ({err})") from None
+            if not isinstance(record, dict):
+                raise LedgerError(f"{where}:{number}: a {type(record).__name__}, not a JSON object")
+            self._follow(record, line, where=f"{where}:{number}")
             self._check(record, where=f"{where}:{number}")
             self._index(record)
         self._size = len(committed)
@@ -160,9 +232,14 @@ class Ledger:
             except BlockingIOError:
                 os.close(fd)
                 raise LedgerError(f"{path} is in use by another open session (in this process "
-                                  "or another); close that one first") from None
+                                  "or another): the directory already holds a session; close "
+                                  "that one first") from None
         self._fd = fd
         self._closer = weakref.finalize(self, os.close, fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
 
     def close(self) -> None:
         if self._closer is not None:
@@ -170,15 +247,35 @@ class Ledger:
             self._fd = -1
 
     def _remove_debris(self) -> None:
+        """Remove the one file a crash can leave (the next edit's delta, written before its line
+        never was); refuse, deleting nothing, when anything else disagrees with the ledger."""
         named = {Path(e.delta["file"]).name for e in self.entries.values() if e.delta}
-        for path in (self.root / DELTAS).iterdir():
-            if path.name not in named:
-                log.info("removing %s: left by an edit that never committed", path)
-                path.unlink()
-        for entry in self.entries.values():
-            if entry.delta and not (self.root / entry.delta["file"]).is_file():
-                raise LedgerError(f"{self.root}: the ledger line of edit {entry.edit_id} names "
-                                  f"{entry.delta['file']}, which is missing")
+        stray = sorted(p.name for p in (self.root / DELTAS).iterdir() if p.name not in named)
+        orphan = delta_file_name(self.next_edit_id)
+        others = [name for name in stray if name != orphan]
+        if others:
+            raise LedgerError(
+                f"{self.root}: {len(others)} delta file(s) that no ledger line names "
+                f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); the ledger "
+                "is missing lines or the files come from elsewhere. Nothing was deleted: restore "
+                f"{LEDGER} or move those files away")
+        missing = [e.edit_id for e in self.entries.values()
+                   if e.delta and not (self.root / e.delta["file"]).is_file()]
+        if missing:
+            raise LedgerError(f"{self.root}: the ledger names delta files that are missing "
+                              f"(edits {missing[:10]}); nothing was changed")
+        if orphan in stray:
+            log.warning("removing %s: the delta of edit %d, whose ledger line was never "
+                        "written (the run stopped inside that step)", self.root / DELTAS / orphan,
+                        self.next_edit_id)
+            (self.root / DELTAS / orphan).unlink()
+            fsync_dir(self.root / DELTAS)
+
+    def _follow(self, record: dict[str, Any], raw: bytes, *, where: str) -> None:
+        try:
+            self.head = follow(self.head, record, raw, legacy=is_legacy(self.manifest))
+        except ValueError as err:
+            raise LedgerError(f"{where}: {err}; nothing was changed") from None
 
     # -- indexing --------------------------------------------------------------------------
     def _check(self, record: dict[str, Any], *, where: str) -> None:
@@ -210,19 +307,28 @@ class Ledger:
             self.entries[edit_id] = Entry(edit_id, record["status"], record["method"],
                                           list(record["request_keys"]),
                                           [r.get("case_id") for r in record["requests"]],
-                                          record.get("delta"))
+                                          record.get("delta"), record.get("config_hash"),
+                                          record.get("seqedit_version"))
             for key in record["request_keys"]:
                 self._processed.setdefault(key, []).append(edit_id)
+            if record["status"] == "applied":
+                self._history.append(("edit", edit_id))
             self.fingerprints.update(record.get("base_fingerprint") or {})
             self.stats_layers.update(record.get("stats_layers") or [])
             for key, value in record.get("memo") or []:
                 self.memo[canonical_json(key)] = [key, value]
         else:
             self.entries[edit_id].rolled_back = True
+            self._history.append(("rollback", edit_id))
 
     @property
     def next_edit_id(self) -> int:
         return len(self.entries)
+
+    def weight_history(self) -> list[tuple[str, int]]:
+        """Every committed change of the weights in order: ("edit", id) for an applied edit,
+        ("rollback", id) for its rollback."""
+        return list(self._history)
 
     def evaluation(self, evaluator: str) -> dict[str, Any] | None:
         """The committed `eval` line of `evaluator` on the model as the ledger now describes
@@ -254,6 +360,7 @@ class Ledger:
         again, so the ledger never holds a line the caller believes failed."""
         self.ensure_writable()
         self._check(record, where=f"{self.root / LEDGER} (appending)")
+        record = seal_line(record, self.head)
         data = (json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n").encode()
         start = self._size
         try:
@@ -266,6 +373,7 @@ class Ledger:
                 self._broken = True  # the file may now hold a line memory does not have
             raise
         self._size = start + len(data)
+        self.head = record["chain"]
         self._index(record)
 
     def write_delta(self, edit_id: int, delta: Delta) -> dict[str, Any]:
@@ -307,4 +415,4 @@ class Ledger:
                 write_durable(dest / entry.delta["file"], blob)
         write_durable(dest / LEDGER, os.pread(self._fd, self._size, 0))
         fsync_dir(dest / DELTAS)
-        write_atomic(dest / MANIFEST, json.dumps(manifest, indent=1).encode())
+        write_atomic(dest / MANIFEST, json.dumps(seal_manifest(manifest), indent=1).encode())

@@ -3,8 +3,8 @@ and tools that look at a run while it is being written.
 
 No lock is taken and nothing is repaired, so this is safe next to the one writer. What a crash
 (or the writer, right now) may leave at the end is ignored: bytes after the last newline, and a
-last line that does not parse. Every earlier line was committed, so one that does not parse means
-the file was damaged, and that is an error.
+last line that does not parse. Every earlier line was committed, so one that does not parse, or
+whose chain checksum does not hold (`integrity`), means the file was damaged: an error.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ledger import LEDGER, LedgerError, read_manifest
+from .integrity import chain_root, follow
+from .ledger import LEDGER, LedgerError, is_legacy, read_manifest
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,23 @@ def read_run(directory: str | os.PathLike) -> Run:
     root = Path(directory)
     manifest = read_manifest(root)
     path = root / LEDGER
-    # No ledger file yet: the writer was stopped between writing the manifest and the ledger.
-    data = path.read_bytes() if path.exists() else b""
+    if not path.is_file():
+        raise LedgerError(f"{root}: the manifest is there but {LEDGER} is missing")
+    data = path.read_bytes()
     lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
-    records = []
+    records, head, legacy = [], chain_root(manifest), is_legacy(manifest)
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             if number == len(lines):
                 break
             raise LedgerError(f"{path}:{number}: not JSON ({err})") from None
         if not isinstance(record, dict):
             raise LedgerError(f"{path}:{number}: a {type(record).__name__}, not a JSON object")
+        try:
+            head = follow(head, record, line, legacy=legacy)
+        except ValueError as err:
+            raise LedgerError(f"{path}:{number}: {err}") from None
         records.append(record)
     return Run(root, manifest, records)

@@ -7,16 +7,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..editors.base import Delta, LayerDelta
+from ..editors.base import Delta
 from .._version import __version__
-from .hashing import canonical_json, config_dict, fingerprint_mismatch, jsonable
+from .hashing import canonical_json, config_dict, config_hash, fingerprint_mismatch, jsonable
+from .integrity import fingerprint_problems, model_fingerprint
 from .ledger import Ledger, LedgerError
 from .moments import SecondMoments
 
 log = logging.getLogger("seqedit.session")
 
 _IDENTITY = ("class", "arch", "num_layers", "hidden_size", "mlp_hidden_size")
-REPLAY_CHUNK = 64  # deltas per fused update: bounds the memory of the stacked factors
 
 
 def declared_layers(editor: Any) -> list[int]:
@@ -100,9 +100,28 @@ def _defaults(config: Any, names: set[str]) -> dict[str, Any]:
     return out
 
 
+def check_config_hashes(ledger: Ledger, method: str, config: Any) -> None:
+    """Every edit line's config_hash must be one the manifest's editor config gives (under the
+    seqedit version that wrote the line; with fields a later version added at their defaults):
+    a line from another experiment spliced in is refused."""
+    recorded = ledger.manifest["config"]
+    allowed: dict[str, set[str]] = {}
+    for entry in ledger.entries.values():
+        version = entry.seqedit_version or __version__
+        if version not in allowed:
+            allowed[version] = {config_hash(method, recorded, version),
+                                config_hash(method, config, version),
+                                ledger.manifest.get("config_hash")}
+        if entry.config_hash not in allowed[version]:
+            raise LedgerError(f"{ledger.root}: edit {entry.edit_id} was made with config hash "
+                              f"{entry.config_hash!r}, which is not this session's editor config "
+                              "(the line comes from another run)")
+
+
 def check_base_model(model: torch.nn.Module, spec: Any, manifest: dict[str, Any],
                      fingerprints: dict[str, dict[str, Any]]) -> None:
-    """Refuse a model that is not the session's base model, naming every difference."""
+    """Refuse a model that is not the session's base model, naming every difference: identity,
+    the edited weights (dtype, shape, bytes), then every parameter and buffer."""
     recorded, now = manifest["model"], model_identity(model, spec)
     problems = [f"{k}: {now[k]!r}, the session was started on {recorded[k]!r}"
                 for k in _IDENTITY if recorded.get(k) != now[k]]
@@ -116,37 +135,37 @@ def check_base_model(model: torch.nn.Module, spec: Any, manifest: dict[str, Any]
             why = fingerprint_mismatch(name, fingerprint, param)
             if why:
                 problems.append(why)
+    if not problems and "model_fingerprint" in manifest:
+        problems = fingerprint_problems(manifest["model_fingerprint"], model_fingerprint(model))
     if problems:
         raise LedgerError(
             "this model is not the base model the session was started from (pass a freshly "
             "loaded, unedited copy; the ledger replays the edits onto it):\n  "
-            + "\n  ".join(problems))
+            + "\n  ".join(problems[:20])
+            + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
 
 
 def replay(ledger: Ledger, editor: Any, moments: SecondMoments,
            apply: Callable[[Delta, float], Any], *, progress: bool = True) -> None:
-    """Re-apply every live edit in ledger order, then `editor.commit` each, as the original run
-    did. Statistics the run computed are computed first: they must see the base weights."""
+    """Redo the ledger's weight history step by step, as the run made it: every applied edit
+    (weights, then `editor.commit`) and every rollback (weights, then `editor.revert`), in ledger
+    order, one fused update per step. The same additions in the same order and grouping give
+    the same bits, so the rebuilt model equals the one the run had (an edit later rolled back
+    is applied and undone, as it was: W + ΔW − ΔW is not W in floating point). Statistics the
+    run computed are computed first: they must see the base weights."""
     from tqdm.auto import tqdm
 
     if moments.computes and ledger.stats_layers:
         moments.prefetch(ledger.stats_layers)
-    entries = ledger.live_entries()
-    if not entries:
+    history = ledger.weight_history()
+    if not history:
         return
-    log.info("replaying %d live edit(s) from %s", len(entries), ledger.root)
-    with tqdm(total=len(entries), unit="edit", desc="replay", disable=not progress) as bar:
-        for start in range(0, len(entries), REPLAY_CHUNK):
-            deltas = [ledger.load_delta(e) for e in entries[start:start + REPLAY_CHUNK]]
-            stacked: dict[str, tuple[bool, list, list]] = {}
-            for delta in deltas:
-                for d in delta.layers:
-                    stacked.setdefault(d.name, (d.transposed, [], []))
-                    stacked[d.name][1].append(d.u)
-                    stacked[d.name][2].append(d.v)
-            # Σ U_i V_iᵀ = [U_1..U_n][V_1..V_n]ᵀ: one fused update per chunk, not one per edit.
-            apply(Delta("replay", [LayerDelta(name, torch.cat(u, 1), torch.cat(v, 1), t)
-                                   for name, (t, u, v) in stacked.items()]), 1.0)
-            for delta in deltas:
-                editor.commit(delta)
-            bar.update(len(deltas))
+    log.info("replaying %d weight change(s) from %s", len(history), ledger.root)
+    for kind, edit_id in tqdm(history, unit="step", desc="replay", disable=not progress):
+        delta = ledger.load_delta(ledger.entries[edit_id])
+        if kind == "edit":
+            apply(delta, 1.0)
+            editor.commit(delta)
+        else:
+            apply(delta, -1.0)
+            editor.revert(delta)
