@@ -5,8 +5,10 @@
 
 1. Editing metrics: prompts/s of `metrics.create("editing")` (one batched teacher-forced pass and
    one left-padded greedy pass over every prompt) against the way existing tools do it: one
-   forward per (prompt, target) and one `model.generate` per prompt, the same numbers computed
-   (checked equal). Both on the same model in the same process, alternating, medians reported.
+   forward per (prompt, target) and one `model.generate` per prompt. Both on the same model in
+   the same process, alternating, medians reported; the loop's raw reads are compared with
+   `scoring.read_prompts` on the same prompts (largest probability difference, identical
+   generations), so the two compute the same numbers.
 2. Weight health after an edit as a fraction of the MEMIT edit it follows (the session's
    after-each call, measured on real MEMIT edits on the same model).
 3. A quick general-ability probe (WikiText-2, 4 articles ≈ 8.7k tokens, + SST-2 and the cloze
@@ -23,32 +25,40 @@ import torch
 
 from seqedit import data, metrics, models
 from seqedit.editors._text import target_ids
+from seqedit.metrics import scoring
 from seqedit.metrics.base import EvalContext
+
+
+def prompt_items(requests) -> list[tuple]:
+    """(prompt, the target a generation must start with, the other scored target or None)."""
+    items = []
+    for r in requests:
+        items += [(p, r.target_new, r.target_true) for p in (r.filled_prompt, *r.paraphrase_prompts)]
+        items += [(p, a, r.target_new) for p, a in r.neighborhood_prompts]
+    return items
 
 
 def per_prompt_loop(model, tok, requests, slack: int) -> tuple[list, list]:
     """The editing metrics' raw reads one prompt at a time (the existing tools' way)."""
     probs, texts = [], []
-    for r in requests:
-        items = [(p, r.target_new, r.target_true) for p in (r.filled_prompt, *r.paraphrase_prompts)]
-        items += [(p, a, r.target_new) for p, a in r.neighborhood_prompts]
-        for prompt, first, second in items:
-            for target in (first, second):
-                if target is None:
-                    continue
-                head = tok(prompt)["input_ids"]
-                tail = target_ids(tok, target)
-                ids = torch.tensor([head + tail[:-1]])
-                with torch.no_grad():
-                    logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
-                pos = torch.arange(len(head) - 1, len(head) + len(tail) - 1)
-                probs.append(float(logp[pos, tail].mean().exp()))
-            enc = tok(prompt, return_tensors="pt")
-            budget = len(target_ids(tok, first)) + slack
+    for prompt, first, second in prompt_items(requests):
+        for target in (first, second):
+            if target is None:
+                continue
+            head = tok(prompt)["input_ids"]
+            tail = target_ids(tok, target)
+            ids = torch.tensor([head + tail[:-1]])
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-            texts.append(out[0, enc["input_ids"].shape[1]:].tolist())
+                logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
+            pos = torch.arange(len(head) - 1, len(head) + len(tail) - 1)
+            probs.append(float(logp[pos, tail].mean().exp()))
+        enc = tok(prompt, return_tensors="pt")
+        budget = len(target_ids(tok, first)) + slack
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        texts.append(new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new)
     return probs, texts
 
 
@@ -64,11 +74,18 @@ def bench_editing(model, tok, requests, rounds: int) -> dict:
         ev.evaluate(model, ctx)
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
-        per_prompt_loop(model, tok, requests, ev.config.generation_slack)
+        probs, texts = per_prompt_loop(model, tok, requests, ev.config.generation_slack)
         loop.append(time.perf_counter() - t)
+    readings = scoring.read_prompts(model, tok, [
+        scoring.Query(p, tuple(t for t in (first, second) if t is not None),
+                      len(target_ids(tok, first)) + ev.config.generation_slack)
+        for p, first, second in prompt_items(requests)])
+    shared = [s.prob for r in readings for s in r.scores]
     a, b = statistics.median(ours), statistics.median(loop)
     return {"prompts": n_prompts, "ours_s": a, "loop_s": b, "ours_prompts_per_s": n_prompts / a,
-            "loop_prompts_per_s": n_prompts / b, "ratio": b / a}
+            "loop_prompts_per_s": n_prompts / b, "ratio": b / a,
+            "max_prob_diff": max(abs(x - y) for x, y in zip(probs, shared)),
+            "same_generations": sum(list(r.generated) == t for r, t in zip(readings, texts))}
 
 
 def bench_health(model, tok, n_edits: int, stats_tokens: int) -> dict:
@@ -118,7 +135,8 @@ def main(argv=None) -> None:
     e = bench_editing(model, tok, requests, args.rounds)
     print(f"editing metrics: {e['prompts']} prompts, batched {e['ours_s']:.2f} s "
           f"({e['ours_prompts_per_s']:.1f} prompts/s) vs per-prompt loop {e['loop_s']:.2f} s "
-          f"({e['loop_prompts_per_s']:.1f} prompts/s): {e['ratio']:.1f}x")
+          f"({e['loop_prompts_per_s']:.1f} prompts/s): {e['ratio']:.1f}x; same reads: max |dP| "
+          f"{e['max_prob_diff']:.1e}, generations identical {e['same_generations']}/{e['prompts']}")
     h = bench_health(model, tok, args.edits, args.stats_tokens)
     print(f"weight health after an edit: {h['health_s'] * 1000:.0f} ms vs a MEMIT edit "
           f"{h['edit_s']:.1f} s: {100 * h['fraction']:.2f}% (median of {h['edits']} edits)")
