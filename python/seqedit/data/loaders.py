@@ -78,8 +78,9 @@ def _detect(records: list[Any], label: str) -> str:
     if votes:
         return votes.most_common(1)[0][0]
     first = records[0]
-    found = sorted(first) if isinstance(first, Mapping) else f"a {type(first).__name__}"
-    raise ValueError(f"{label}: unrecognised record schema; the first record has keys {found}; "
+    found = (f"has keys {sorted(first)}" if isinstance(first, Mapping)
+             else f"is a {type(first).__name__}, not an object")
+    raise ValueError(f"{label}: unrecognised record schema; the first record {found}; "
                      f"expected one of: {describe_schemas()}")
 
 
@@ -94,6 +95,11 @@ def load(name_or_path: str | os.PathLike[str], *, split: str | None = None,
     """
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"expected a dataset name or a path, got {type(name_or_path).__name__} "
+                         f"{name_or_path!r:.80}")
+    if split is not None and not isinstance(split, str):
+        raise ValueError(f"split must be a string or None, got {split!r:.80}")
     source, label = _resolve(name_or_path, split)
     records = read_records(source, label)
     if not records:

@@ -5,6 +5,8 @@ Rules (each failure is one `Problem` naming the record's index, its case_id and 
 * `prompt`, `subject`, `target_new`: present, strings, not empty after stripping whitespace.
   `target_true`: None or such a string. `subject` has no leading or trailing whitespace (it would
   double the spaces of the filled prompt and move the subject's last token).
+  Every string (these, the prompts and answers below, a string `case_id`) is valid Unicode: a
+  lone surrogate such as JSON's "\\ud800" would make the tokenizer raise later.
 * `prompt` holds exactly one `{}`. A prompt with none means the subject was not found when the
   record was built (see `seqedit.data.request` for the matching rule); that is reported on
   `subject`.
@@ -79,6 +81,26 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def _surrogate_at(text: str) -> int | None:
+    """Where `text` holds a lone surrogate (JSON's "\\ud800" decodes to one), or None.
+
+    Such a string is not Unicode text: tokenizers and UTF-8 writers raise on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
+
+
+def _is_clean_text(value: Any) -> bool:
+    return _is_text(value) and _surrogate_at(value) is None
+
+
+def _not_unicode(text: str, at: int) -> str:
+    return (f"not valid Unicode text: lone surrogate U+{ord(text[at]):04X} at position {at}: "
+            f"{_short(text)}")
+
+
 def _string(field: str, value: Any) -> Iterator[tuple[str, str]]:
     if isinstance(value, Missing):
         yield field, f"missing ({value.source})"
@@ -86,6 +108,8 @@ def _string(field: str, value: Any) -> Iterator[tuple[str, str]]:
         yield field, f"expected a string, {_got(value)}"
     elif not value.strip():
         yield field, f"empty: {_short(value)}"
+    elif (at := _surrogate_at(value)) is not None:
+        yield field, _not_unicode(value, at)
 
 
 def _check(req: Any) -> Iterator[tuple[str, str]]:
@@ -119,6 +143,8 @@ def _check(req: Any) -> Iterator[tuple[str, str]]:
     if req.case_id is not None and (isinstance(req.case_id, bool)
                                     or not isinstance(req.case_id, (int, str))):
         yield "case_id", f"expected an int, a string or None, {_got(req.case_id)}"
+    elif isinstance(req.case_id, str) and (at := _surrogate_at(req.case_id)) is not None:
+        yield "case_id", _not_unicode(req.case_id, at)
 
 
 def _not_a_sequence(field: str, value: Any, expected: str) -> Iterator[tuple[str, str]]:
@@ -162,22 +188,23 @@ def _duplicates(requests: Sequence[Any]) -> Iterator[Problem]:
 
 
 def _scored_texts(req: Any) -> Iterator[tuple[str, str]]:
-    """(field, prompt + target) for every well-formed piece of a record."""
+    """(field, prompt + target) for every well-formed piece of a record: a piece that is not
+    valid text is already a problem, and a tokenizer would raise on it."""
     if not isinstance(req, EditRequest):
         return
-    targets = [t for t in (req.target_new, req.target_true) if _is_text(t)]
+    targets = [t for t in (req.target_new, req.target_true) if _is_clean_text(t)]
     prompts = []
-    if _is_text(req.prompt) and _is_text(req.subject) and req.prompt.count("{}") == 1:
+    if _is_clean_text(req.prompt) and _is_clean_text(req.subject) and req.prompt.count("{}") == 1:
         prompts.append(("prompt", req.filled_prompt))
     if isinstance(req.paraphrase_prompts, tuple):
         prompts += [(f"paraphrase_prompts[{i}]", p)
-                    for i, p in enumerate(req.paraphrase_prompts) if _is_text(p)]
+                    for i, p in enumerate(req.paraphrase_prompts) if _is_clean_text(p)]
     for field, prompt in prompts:
         for target in targets:
             yield field, f"{prompt.rstrip()} {target.strip()}"
     if isinstance(req.neighborhood_prompts, tuple):
         for i, pair in enumerate(req.neighborhood_prompts):
-            if isinstance(pair, tuple) and len(pair) == 2 and all(map(_is_text, pair)):
+            if isinstance(pair, tuple) and len(pair) == 2 and all(map(_is_clean_text, pair)):
                 yield f"neighborhood_prompts[{i}]", f"{pair[0].rstrip()} {pair[1].strip()}"
 
 

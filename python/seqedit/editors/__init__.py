@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import torch
+
 from .alphaedit import AlphaEditConfig, AlphaEditEditor
 from .base import Delta, EditContext, Editor, LayerDelta, SolveError, StatelessEditor
 from .ft import FTConfig, FTEditor
@@ -21,14 +23,27 @@ EDITORS = MappingProxyType({
 })
 
 
-def create(name: str, spec, **overrides) -> Editor:
+def create(name: str | Editor, spec, **overrides) -> Editor:
     """An editor with its config's model-derived defaults, updated by `overrides`.
 
+    `name` is a key of `EDITORS`; an Editor instance is returned as it is (it carries its own
+    config, so `overrides` are refused), as `EditSession(method=...)` takes either.
     `spec` is a ModelSpec; a model is accepted too and its spec is inferred.
     """
+    if not isinstance(name, str):
+        if isinstance(name, Editor):
+            if overrides:
+                raise TypeError(f"editor options {sorted(overrides)} apply only to a method "
+                                f"name; configure the {type(name).__name__} instance itself")
+            return name
+        raise ValueError(f"editor must be a method name, one of {sorted(EDITORS)}, or an Editor;"
+                         f" got {type(name).__name__} {name!r:.80}")
     if name not in EDITORS:
         raise ValueError(f"unknown editor {name!r}; available: {sorted(EDITORS)}")
     if not hasattr(spec, "num_layers"):
+        if not isinstance(spec, torch.nn.Module):
+            raise ValueError(f"spec must be a seqedit.models.ModelSpec or the model itself, got "
+                             f"{type(spec).__name__} {spec!r:.80}")
         from seqedit.models import spec as model_spec
 
         spec = model_spec(spec)

@@ -8,6 +8,8 @@ clamp) from the ModelSpec.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 
 from .keys import DEFAULT_STARTS
@@ -49,9 +51,7 @@ class ValueConfig:
 
     def check(self, spec) -> None:
         """Raise ValueError naming every bad field (against `spec` for layer indices)."""
-        problems = list(self._problems(spec))
-        if problems:
-            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+        check_config(self, spec)
 
     def _problems(self, spec):
         n = spec.num_layers
@@ -85,7 +85,7 @@ class ValueConfig:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
-        cfg = cls(**{**defaults, **overrides})
+        cfg = cls(**tuples_for_lists(cls, {**defaults, **overrides}))
         cfg.check(spec)
         return cfg
 
@@ -95,7 +95,86 @@ def check_layers(layers, spec, what: str = "layers"):
     if not layers:
         yield f"{what} must not be empty"
     for layer in layers:
-        if not (isinstance(layer, int) and 0 <= layer < n):
+        if not (_is_int(layer) and 0 <= layer < n):
             yield f"{what} contains {layer!r}, not a layer index of this {n}-layer model"
     if len(set(layers)) != len(layers):
         yield f"{what} has duplicates: {list(layers)}"
+
+
+def check_config(cfg, spec) -> None:
+    """Raise one ValueError naming every bad field of the config dataclass `cfg`: each field
+    whose value does not fit its annotation (`type_problems`), then what `cfg._problems(spec)`,
+    the config's own range and cross-field rules, finds among the others."""
+    typed = type_problems(cfg)
+    # The rules compare values (`v_lr > 0`), which a string cannot do, and would name a NaN a
+    # second time: they read a copy whose ill-typed fields hold their defaults, so each bad
+    # field is named once, by the problem it really has.
+    sound = dataclasses.replace(cfg, **{name: _default(cfg, name) for name in typed})
+    problems = [*typed.values(), *sound._problems(spec)]
+    if problems:
+        raise ValueError(f"invalid {type(cfg).__name__}: " + "; ".join(problems))
+
+
+def type_problems(cfg) -> dict[str, str]:
+    """Field name → why its value does not fit the field's annotation: `float` takes a finite
+    int or float, `int` an int, `bool` True or False, `str` valid Unicode text, `tuple[X, ...]`
+    a tuple or list of X. A bool is no number here although Python counts True as 1."""
+    hints = typing.get_type_hints(type(cfg))
+    out = {}
+    for f in dataclasses.fields(cfg):
+        problem = _misfit(f.name, hints[f.name], getattr(cfg, f.name))
+        if problem is not None:
+            out[f.name] = problem
+    return out
+
+
+def tuples_for_lists(cls, values: dict) -> dict:
+    """Lists given for tuple fields become tuples, so that the frozen config stays hashable."""
+    hints = typing.get_type_hints(cls)
+    return {k: tuple(v) if isinstance(v, list) and typing.get_origin(hints.get(k)) is tuple
+            else v for k, v in values.items()}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _got(value) -> str:
+    return f"got {type(value).__name__} {value!r:.80}"
+
+
+def _misfit(name: str, hint, value) -> str | None:
+    if hint is bool:
+        return None if isinstance(value, bool) else f"{name} must be True or False, {_got(value)}"
+    if hint is int:
+        return None if _is_int(value) else f"{name} must be an int, {_got(value)}"
+    if hint is float:
+        if not (_is_int(value) or isinstance(value, float)):
+            return f"{name} must be a number, {_got(value)}"
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond float range
+            finite = False
+        return None if finite else f"{name} must be finite, got {value!r:.80}"
+    if hint is str:
+        if not isinstance(value, str):
+            return f"{name} must be a string, {_got(value)}"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name} is not valid Unicode text (it holds a lone surrogate): {value!r:.80}"
+        return None
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (tuple, list)):
+            return f"{name} must be a list of {args[0].__name__}, {_got(value)}"
+        for i, item in enumerate(value):
+            problem = _misfit(f"{name}[{i}]", args[0], item)
+            if problem is not None:
+                return problem
+    return None  # another annotation: the config's own rules judge it
+
+
+def _default(cfg, name: str):
+    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -20,7 +20,7 @@ import torch
 
 from . import _text
 from .base import Delta, EditContext, LayerDelta, StatelessEditor
-from .config import check_layers
+from .config import check_config, check_layers
 from .keys import model_device
 
 
@@ -33,17 +33,19 @@ class FTConfig:
     early_stop_loss: float = 1e-2
 
     def check(self, spec) -> None:
-        problems = list(check_layers([self.layer], spec, "layer"))
+        """Raise ValueError naming every bad field (against `spec` for the layer index)."""
+        check_config(self, spec)
+
+    def _problems(self, spec):
+        yield from check_layers([self.layer], spec, "layer")
         if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
+            yield f"lr must be > 0, got {self.lr}"
         if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
-            problems.append(f"num_steps must be an int >= 1, got {self.num_steps!r}")
+            yield f"num_steps must be an int >= 1, got {self.num_steps!r}"
         if not self.norm_constraint > 0:
-            problems.append(f"norm_constraint must be > 0, got {self.norm_constraint}")
+            yield f"norm_constraint must be > 0, got {self.norm_constraint}"
         if not self.early_stop_loss >= 0:
-            problems.append(f"early_stop_loss must be >= 0, got {self.early_stop_loss}")
-        if problems:
-            raise ValueError("invalid FTConfig: " + "; ".join(problems))
+            yield f"early_stop_loss must be >= 0, got {self.early_stop_loss}"
 
     @classmethod
     def for_model(cls, spec, **overrides) -> "FTConfig":
