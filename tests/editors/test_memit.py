@@ -83,8 +83,9 @@ def test_keys_seen_on_partially_updated_model(llama, requests_):
 def test_not_positive_definite_is_a_clear_error(llama, requests_):
     ed = editors.create("memit", llama.spec, **FAST)
     neg = {layer: -c for layer, c in llama.c.items()}
-    with pytest.raises(ValueError, match="positive definite"):
+    with pytest.raises(editors.SolveError, match="positive semi-definite") as err:
         ed.compute(llama.model, requests_[:1], llama.ctx(c=neg))
+    assert f"layer {sorted(ed.config.layers)[0]}" in err.value.reason
 
 
 @pytest.mark.parametrize("b", [1, 3])
@@ -100,7 +101,7 @@ def test_solve_reuses_one_factor_per_layer_and_matches_a_fresh_factorisation(lla
         got = memit_solve(ctx, layer, lam, k)
         assert float((got - direct).norm() / direct.norm()) < 1e-9
     (entry,) = [v for key, v in ctx.memo.items() if key[0] == "memit_factor"]
-    assert entry[0] is c and entry[2] is not None
+    assert entry[0] is c and entry[2].chol is not None
     other = 2.0 * c  # a provider handing out another C gets a new factor, not the stale one
     k = torch.randn(c.shape[0], b, generator=gen, dtype=torch.float64)
     ctx.second_moment = lambda _: other

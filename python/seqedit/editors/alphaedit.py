@@ -18,6 +18,14 @@ by LU: the matrix is not symmetric). Every column of V lies in range(P) — from
 α V = P(K − S V) — so ΔW (I − P) = 0: keys in the preserved subspace are mapped exactly as
 before. Keys of committed edits are kept per layer in `self`, fed by `commit`/`revert` from
 `Delta.keys`, so a session rebuilds the state by replaying its ledger.
+
+A rank-deficient or ill-conditioned C is what this method is built for (its small eigenvalues
+are the null space), so only statistics that are malformed (shape, dtype, non-finite,
+asymmetric, all zeros) or indefinite (an eigenvalue below −1e-4·λ_max) are refused, once per
+layer and session. The solve itself is well posed whenever S is PSD and P a projector: then
+V = PV solves (PSP + αI)V = PK with PSP + αI ⪰ αI, so ⟨V, PK⟩ ≥ α‖V‖²_F (and ‖V‖_F ≤ ‖PK‖_F/α).
+A singular system, a non-finite V or one short of that inequality (an indefinite Σ K_p K_pᵀ,
+i.e. corrupted state) is a `SolveError` naming the layer.
 """
 from __future__ import annotations
 
@@ -25,8 +33,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Delta, EditContext
+from . import _solve
+from .base import Delta, EditContext, SolveError
 from .memit import LayerBandConfig, layer_loop
+
+# Rounding slack on ⟨V, PK⟩ ≥ α‖V‖²_F (see the module docstring): equality needs V entirely in
+# directions S does not see, and healthy solves sit well above it; falling short by more than
+# this takes an indefinite system.
+_ENERGY_SLACK = 1e-3
 
 
 @dataclass(frozen=True)
@@ -60,12 +74,30 @@ class AlphaEditEditor:
         self._past: dict[str, torch.Tensor] = {}  # weight name → Σ K_p K_pᵀ, float64
         self._committed = 0
 
-    def projector(self, layer: int, ctx: EditContext) -> torch.Tensor:
+    def projector(self, layer: int, ctx: EditContext, d_in: int | None = None) -> torch.Tensor:
+        """P for `layer` from validated statistics (SolveError otherwise); a refusal is memoised
+        in ctx.memo per C, so a session with bad statistics does not redo the eigendecomposition."""
         if layer not in self._projectors:
-            c = ctx.require_second_moment(layer).to(torch.float64)
-            self._projectors[layer] = nullspace_projector(c, self.config.nullspace_threshold,
-                                                          self.config.nullspace_relative)
-        return self._projectors[layer]
+            cfg = self.config
+            c = _solve.second_moment(ctx, layer, ctx.spec.mlp_hidden_size if d_in is None else d_in)
+
+            def build(c):
+                try:
+                    return nullspace_projector(c, cfg.nullspace_threshold, cfg.nullspace_relative), None
+                except SolveError as exc:
+                    return None, exc.reason
+
+            key = ("alphaedit_projector", layer, cfg.nullspace_threshold, cfg.nullspace_relative)
+            p, refusal = ctx.derived(key, c, build)
+            if refusal is not None:
+                raise SolveError(f"AlphaEdit at layer {layer}: key statistics {refusal}; recompute them "
+                                 "on the unedited model (seqedit.stats.second_moments)")
+            self._projectors[layer] = p
+        p = self._projectors[layer]
+        if d_in is not None and p.shape[0] != d_in:
+            raise SolveError(f"AlphaEdit at layer {layer}: keys of width {d_in} against a projector "
+                             f"built from [{p.shape[0]}, {p.shape[0]}] statistics")
+        return p
 
     def past_keys_gram(self, name: str, d_in: int) -> torch.Tensor:
         return self._past.get(name, torch.zeros(d_in, d_in, dtype=torch.float64))
@@ -76,13 +108,26 @@ class AlphaEditEditor:
         if not requests:
             raise ValueError("no requests to edit")
 
+        for layer in cfg.layers:  # refuse bad statistics before the value optimisation
+            self.projector(layer, ctx)
+
         def solve(layer, k, r):
-            p = self.projector(layer, ctx).to(k.device)
+            p = self.projector(layer, ctx, k.shape[0]).to(k.device)
             s = k @ k.T + self.past_keys_gram(spec.mlp_out_weight_name(layer), k.shape[0]).to(k.device)
             m = p @ s + cfg.l2_weight * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
-            if not bool(torch.isfinite(m).all() and torch.isfinite(k).all()):
-                return torch.full_like(k, float("nan"))
-            return torch.linalg.solve(m, p @ k)
+            pk = p @ k
+            if not bool(torch.isfinite(m).all()):
+                raise SolveError(f"AlphaEdit at layer {layer}: non-finite system (the committed edits' "
+                                 "key Gram matrix has overflowed or is corrupt)")
+            v, info = torch.linalg.solve_ex(m, pk)
+            energy, floor = float((v * pk).sum()), cfg.l2_weight * float((v * v).sum())
+            if int(info) != 0 or not energy >= (1 - _ENERGY_SLACK) * floor:
+                raise SolveError(
+                    f"AlphaEdit at layer {layer}: the system P·S + αI is singular or indefinite "
+                    f"(⟨V, PK⟩ = {energy:.3g} against α‖V‖² = {floor:.3g}, which a PSD S cannot fall "
+                    "below): Σ K_p K_pᵀ of the committed edits is no longer positive semi-definite — "
+                    "was an edit reverted that was never committed?")
+            return v
 
         deltas, keys, info = layer_loop(model, requests, ctx, cfg, solve)
         info |= {"null_dims": {str(layer): _rank(self._projectors[layer]) for layer in sorted(cfg.layers)},
@@ -113,11 +158,25 @@ def _rank(p: torch.Tensor) -> int | None:
 
 
 def nullspace_projector(c: torch.Tensor, threshold: float, relative: bool = True) -> torch.Tensor:
-    """Projector onto the span of C's eigenvectors with eigenvalue < threshold (· λ_max if relative)."""
+    """Projector onto the span of C's eigenvectors with eigenvalue < threshold (· λ_max if relative).
+
+    SolveError where C cannot be a second moment: non-finite, without a positive eigenvalue, or
+    with an eigenvalue below −NEGATIVE_TOLERANCE·λ_max (rounding of a PSD matrix stays far above).
+    """
     c = c.to(torch.float64)
     if not bool(torch.isfinite(c).all()):
-        return torch.full_like(c, float("nan"))  # surfaces as a non-finite Delta, which sessions refuse
-    evals, evecs = torch.linalg.eigh(c)
-    cut = threshold * float(evals.max()) if relative else threshold
+        raise SolveError("C has non-finite entries (NaN or inf)")
+    try:
+        evals, evecs = torch.linalg.eigh(c)
+    except torch.linalg.LinAlgError as exc:  # LAPACK's iteration did not converge
+        raise SolveError(f"the eigendecomposition of C failed ({exc})") from exc
+    top, bottom = float(evals.max()), float(evals.min())
+    if not top > 0:
+        raise SolveError(f"C has no positive eigenvalue (largest {top:.3g}): it is zero or negative "
+                         "semi-definite, not a second moment E[kkᵀ]")
+    if bottom < -_solve.NEGATIVE_TOLERANCE * top:
+        raise SolveError(f"C is indefinite (eigenvalue {bottom:.3g} against λ_max = {top:.3g}), which a "
+                         "second moment E[kkᵀ] cannot be")
+    cut = threshold * top if relative else threshold
     basis = evecs[:, evals < cut]
     return basis @ basis.T

@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from . import _text
+from .base import SolveError
 
 DEFAULT_STARTS = ("The", "Therefore", "Because", "I", "You")
 
@@ -30,6 +31,7 @@ def context_templates(model, tokenizer, ctx, *, starts=DEFAULT_STARTS, length: i
 
     Sampling is top-k with a private generator seeded from `ctx.seed`, so a session reproduces
     its templates; they are generated once (from the model as it is at the first edit) and reused.
+    A model whose logits are not finite cannot be sampled: SolveError.
     """
     key = ("context_templates", tuple(starts), int(length), int(top_k), int(ctx.seed))
     if key not in ctx.memo:
@@ -48,6 +50,8 @@ def _sample(model, tokenizer, start: str, length: int, top_k: int, gen: torch.Ge
     device = model_device(model)
     while len(ids) - n_special < length:
         logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, -1]
+        if not bool(torch.isfinite(logits).all()):  # sampling would fail inside torch.multinomial
+            raise SolveError("the model's logits are not finite (sampling context templates)")
         top = torch.topk(logits.float().cpu(), min(top_k, logits.shape[-1]))
         choice = top.indices[torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen)].item()
         if choice == tokenizer.eos_token_id:

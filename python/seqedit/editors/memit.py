@@ -17,6 +17,12 @@ blocks in its evaluation).
 Returned per layer as LayerDelta(u = R_i [d_out,b], v = (λC + KKᵀ)⁻¹K [d_in,b]): ΔW = u vᵀ;
 `Delta.keys[weight name]` = K_i [d_in, b] (float32, columns are keys).
 
+Failures are `SolveError`s naming the layer, raised before anything changes (`_solve.py`): key
+statistics that are malformed (shape, dtype, non-finite, asymmetric) or indefinite, and a
+system λC + KKᵀ that is not positive definite or whose estimated condition number exceeds 1e12
+(rank-deficient statistics the edit's keys do not make up for). They are checked once per layer
+and session, before the value optimisation, except the direct path's per-edit factor.
+
 "Partially updated" without mutating the model: the deltas of earlier layers are added to their
 mlp_out outputs by forward hooks (`keys.added_deltas`), which is (W + u vᵀ)k computed as
 Wk + u(vᵀk). Hooks cannot leave the weights changed if anything raises, work for any storage
@@ -31,7 +37,8 @@ import torch
 
 from . import keys as _keys
 from . import values as _values
-from .base import Delta, EditContext, LayerDelta, StatelessEditor
+from . import _solve
+from .base import Delta, EditContext, LayerDelta, SolveError, StatelessEditor
 from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
 
 log = logging.getLogger("seqedit.editors")
@@ -156,6 +163,9 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
             r = (z[:, 0] - current(found)[:, 0]).T / (len(layers) - i)  # [d, b]
         else:
             r = (z[:, i] - found[("bare_mlp_out", layer)].double()).T
+        if not bool(torch.isfinite(k).all() and torch.isfinite(r).all()):
+            raise SolveError(f"layer {layer}: non-finite keys or residual (the model's hidden states, "
+                             "with the lower layers' updates added, are not finite)")
         v = solve(layer, k, r)
         u32, v32 = r.float(), v.float()
         factors[layer] = (u32, v32)
@@ -175,49 +185,74 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap, "targets": mode}
 
 
-def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str) -> torch.Tensor:
-    """a⁻¹b for symmetric positive definite `a` (float64); non-finite input gives a NaN result
-    (which Delta.is_finite reports) instead of an exception deep inside LAPACK."""
-    if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return torch.full_like(b, float("nan"))
-    chol, info = torch.linalg.cholesky_ex(a)
-    if int(info) != 0:
-        raise ValueError(
-            f"{what} is not positive definite (Cholesky failed at column {int(info)}): the key "
-            "statistics C are rank-deficient or not PSD; raise mom2_update_weight or collect C "
-            "over more tokens"
-        )
+def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
+    """a⁻¹b for symmetric positive definite `a` (float64); SolveError, naming `what` (and
+    suggesting `hint`), when `a` is non-finite, not positive definite or ill-conditioned."""
+    if not bool(torch.isfinite(b).all()):
+        raise SolveError(f"{what}: the right-hand side has non-finite entries")
+    chol, problem = _solve.spd_factor(a)
+    if problem is not None:
+        raise SolveError(f"{what} {problem}" + (f"; {hint}" if hint else ""))
     return torch.cholesky_solve(b, chol)
 
 
-def memit_solve(ctx: EditContext, layer: int, lam: float, k: torch.Tensor) -> torch.Tensor:
-    """(λC + KKᵀ)⁻¹K, float64, for keys k [d_in, b].
+def memit_factor(ctx: EditContext, layer: int, lam: float, d_in: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(C, Cholesky factor of λC) for `layer`: C validated, the factor memoised per session
+    (ctx.derived); SolveError where no edit at this layer can be solved (C malformed or indefinite).
 
-    C is the same for every edit of a session, so the Cholesky factor of λC is computed once per
-    layer (memoised in ctx.memo, recomputed if the provider hands out another C) and each edit
-    costs two triangular solves: with Y = (λC)⁻¹K, Woodbury's identity gives
-    (λC + KKᵀ)⁻¹K = Y (I + KᵀY)⁻¹ — the same solution as factoring λC + KKᵀ afresh (d_in³/3
-    flops per layer and edit, ~5% of a MEMIT edit on SmolLM2). λ = 0, or a λC that is not
-    positive definite (rank-deficient statistics), takes the direct path.
+    The factor is None where λC cannot serve the fast path (λ = 0, or λC singular or
+    ill-conditioned) and the direct path must factor λC + KKᵀ per edit. Called once per layer
+    before the value optimisation, so a hopeless edit is refused before its expensive part.
     """
-    c = ctx.require_second_moment(layer)
-    what = f"λ·C + KKᵀ at layer {layer}"
-    if not bool(torch.isfinite(k).all()):
-        return torch.full_like(k, float("nan"))
+    c = _solve.second_moment(ctx, layer, d_in)
 
     def factorise(c):
-        scaled = lam * c.to(k.device, torch.float64)
-        if not (lam > 0 and bool(torch.isfinite(scaled).all())):
-            return None
-        chol, info = torch.linalg.cholesky_ex(scaled)
-        return chol if int(info) == 0 else None
+        if not lam > 0:
+            return _solve.Factor(None, None)
+        c64 = c.to(device, torch.float64)
+        chol, _ = _solve.spd_factor(lam * c64)
+        return _solve.Factor(chol, None if chol is not None else _solve.indefinite(c64))
 
-    factor = ctx.derived(("memit_factor", layer, float(lam), str(k.device)), c, factorise)
-    if factor is None:
-        return cholesky_solve(lam * c.to(k.device, torch.float64) + k @ k.T, k, what)
-    y = torch.cholesky_solve(k, factor)
+    factor = ctx.derived(("memit_factor", layer, float(lam), str(device)), c, factorise)
+    if factor.refusal is not None:
+        raise SolveError(f"MEMIT at layer {layer}: key statistics C {factor.refusal}; recompute them "
+                         "on the unedited model (seqedit.stats.second_moments)")
+    return c, factor.chol
+
+
+def memit_solve(ctx: EditContext, layer: int, lam: float, k: torch.Tensor) -> torch.Tensor:
+    """(λC + KKᵀ)⁻¹K, float64, for keys k [d_in, b]; SolveError when it cannot be solved safely.
+
+    C is the same for every edit of a session, so the Cholesky factor of λC is computed once per
+    layer (`memit_factor`) and each edit costs two triangular solves: with Y = (λC)⁻¹K,
+    Woodbury's identity gives (λC + KKᵀ)⁻¹K = Y (I + KᵀY)⁻¹ — the same solution as factoring
+    λC + KKᵀ afresh (d_in³/3 flops per layer and edit, ~5% of a MEMIT edit on SmolLM2). I + KᵀY
+    is symmetric with eigenvalues ≥ 1, so with λC well-conditioned (checked once, with the factor)
+    the fast path is too. λ = 0, or a λC that is singular or ill-conditioned (rank-deficient
+    statistics), takes the direct path, whose factor is checked the same way per edit: keys that
+    cover C's null space can still make λC + KKᵀ well posed.
+    """
+    if not bool(torch.isfinite(k).all()):
+        raise SolveError(f"MEMIT at layer {layer}: the edit's keys have non-finite entries")
+    d_in = k.shape[0]
+    c, chol = memit_factor(ctx, layer, lam, d_in, k.device)
+    if chol is None:
+        if lam > 0:
+            hint = (f"λ·C alone is singular or ill-conditioned (rank-deficient statistics) and the "
+                    f"edit's keys do not make up for it: collect C over more tokens (well above "
+                    f"d_in = {d_in}) or regularise it (C + μI)")
+        else:
+            hint = (f"mom2_update_weight is 0, so the system is KKᵀ alone, singular with fewer than "
+                    f"d_in = {d_in} independent keys: use mom2_update_weight > 0")
+        a = lam * c.to(k.device, torch.float64) + k @ k.T
+        return cholesky_solve(a, k, f"MEMIT at layer {layer}: λ·C + KKᵀ", hint)
+    y = torch.cholesky_solve(k, chol)
     small = torch.eye(k.shape[1], dtype=k.dtype, device=k.device) + k.T @ y
-    return torch.linalg.solve(small, y.T).T  # small is symmetric: Y small⁻¹ = (small⁻¹ Yᵀ)ᵀ
+    v = torch.linalg.solve_ex(small, y.T)[0].T  # small is symmetric: Y small⁻¹ = (small⁻¹ Yᵀ)ᵀ
+    if not bool(torch.isfinite(v).all()):
+        raise SolveError(f"MEMIT at layer {layer}: the solve overflowed (keys of norm "
+                         f"{float(k.norm(dim=0).max()):.3g} against λ = {lam:g})")
+    return v
 
 
 class MemitEditor(StatelessEditor):
@@ -231,6 +266,9 @@ class MemitEditor(StatelessEditor):
         cfg.check(ctx.spec)
         if not requests:
             raise ValueError("no requests to edit")
+        device = _keys.model_device(model)
+        for layer in cfg.layers:
+            memit_factor(ctx, layer, cfg.mom2_update_weight, ctx.spec.mlp_hidden_size, device)
 
         def solve(layer, k, r):
             return memit_solve(ctx, layer, cfg.mom2_update_weight, k)

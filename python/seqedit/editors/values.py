@@ -32,6 +32,9 @@ Two implementations compute the same thing:
   replaying whole rows. Logits are computed only on the scored rows (final norm + LM head on
   [#targets + #requests, d] instead of [N·T, d]).
 
+A non-finite v* (non-finite hidden states or logits, a diverged optimisation) is a `SolveError`
+naming the layer: no editor can write it.
+
 Adam is elementwise, so one optimiser over the [b, d] stack updates each row exactly as a
 separate optimiser would; a request that has stopped has its row restored after each update.
 """
@@ -44,6 +47,7 @@ import torch
 
 from . import _text
 from ._replay import SuffixReplay
+from .base import SolveError
 from .keys import _Stop, flat, model_device
 
 
@@ -219,7 +223,13 @@ def target_values(model, spec, tokenizer, requests, templates, *, layer, site: s
     per request and layer, each added to that layer's MLP output, result shaped [b, layers, d].
     """
     fn = _fast_target_values if cfg.fast else reference_target_values
-    return fn(model, spec, tokenizer, requests, templates, layer=layer, site=site, cfg=cfg, trace=trace)
+    res = fn(model, spec, tokenizer, requests, templates, layer=layer, site=site, cfg=cfg, trace=trace)
+    if not bool(torch.isfinite(res.v_star).all()):
+        where = f"layer {layer}" if isinstance(layer, int) else f"layers {sorted(layer)}"
+        raise SolveError(f"the target value at {where} ({site}) is not finite after {res.steps} steps "
+                         f"(loss {res.loss}): the model's hidden states or logits are not finite, or "
+                         f"the optimisation diverged (v_lr = {cfg.v_lr:g})")
+    return res
 
 
 def _site_layers(model, spec, layer, site: str, loss_layer: int) -> list[int]:
