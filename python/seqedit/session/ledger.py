@@ -200,15 +200,11 @@ class Ledger:
         return ledger
 
     def _load(self) -> None:
-        (self.root / DELTAS).mkdir(exist_ok=True)
+        """Read and check everything first; repair (cut a torn last line, remove the next
+        edit's orphan delta) only once nothing else is wrong, so a refusal changes nothing."""
         where = self.root / LEDGER
         data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
         committed = data[: data.rfind(b"\n") + 1]
-        if len(committed) < len(data):
-            log.warning("%s: dropping a ledger line cut short by a crash (%d bytes); that step "
-                        "never committed", where, len(data) - len(committed))
-            os.ftruncate(self._fd, len(committed))
-            os.fsync(self._fd)
         for number, line in enumerate(committed.split(b"\n")[:-1], 1):
             try:
                 record = json.loads(line.decode("utf-8"))
@@ -219,8 +215,19 @@ class Ledger:
             self._follow(record, line, where=f"{where}:{number}")
             self._check(record, where=f"{where}:{number}")
             self._index(record)
+        orphan = self._orphan()
+        if len(committed) < len(data):
+            log.warning("%s: dropping a ledger line cut short by a crash (%d bytes); that step "
+                        "never committed", where, len(data) - len(committed))
+            os.ftruncate(self._fd, len(committed))
+            os.fsync(self._fd)
         self._size = len(committed)
-        self._remove_debris()
+        (self.root / DELTAS).mkdir(exist_ok=True)
+        if orphan is not None:
+            log.warning("removing %s: the delta of edit %d, whose ledger line was never "
+                        "written (the run stopped inside that step)", orphan, self.next_edit_id)
+            orphan.unlink()
+            fsync_dir(self.root / DELTAS)
 
     def _open_fd(self, *, create: bool) -> None:
         flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0)
@@ -246,11 +253,13 @@ class Ledger:
             self._closer()  # closing the descriptor releases the lock
             self._fd = -1
 
-    def _remove_debris(self) -> None:
-        """Remove the one file a crash can leave (the next edit's delta, written before its line
-        never was); refuse, deleting nothing, when anything else disagrees with the ledger."""
+    def _orphan(self) -> Path | None:
+        """The one file a crash can leave (the next edit's delta, whose line was never
+        written), if it is there; LedgerError when anything else disagrees with the ledger."""
         named = {Path(e.delta["file"]).name for e in self.entries.values() if e.delta}
-        stray = sorted(p.name for p in (self.root / DELTAS).iterdir() if p.name not in named)
+        folder = self.root / DELTAS
+        present = list(folder.iterdir()) if folder.is_dir() else []
+        stray = sorted(p.name for p in present if p.name not in named)
         orphan = delta_file_name(self.next_edit_id)
         others = [name for name in stray if name != orphan]
         if others:
@@ -264,12 +273,7 @@ class Ledger:
         if missing:
             raise LedgerError(f"{self.root}: the ledger names delta files that are missing "
                               f"(edits {missing[:10]}); nothing was changed")
-        if orphan in stray:
-            log.warning("removing %s: the delta of edit %d, whose ledger line was never "
-                        "written (the run stopped inside that step)", self.root / DELTAS / orphan,
-                        self.next_edit_id)
-            (self.root / DELTAS / orphan).unlink()
-            fsync_dir(self.root / DELTAS)
+        return folder / orphan if orphan in stray else None
 
     def _follow(self, record: dict[str, Any], raw: bytes, *, where: str) -> None:
         try:
