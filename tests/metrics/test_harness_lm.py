@@ -41,3 +41,16 @@ def test_same_loglikelihoods_as_hflm(arch):
     torch.testing.assert_close(torch.tensor([g[0] for g in got], dtype=torch.float64),
                                torch.tensor([w[0] for w in want], dtype=torch.float64),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_lone_requests_batch_within_the_logits_budget(monkeypatch):
+    import seqedit.metrics.harness_lm as harness_lm
+
+    model, tok = tiny("llama", seed=1, max_positions=64)
+    lm = SharedContextLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=61)
+    reqs = [(("c", "x"), [5] * 20, [6] * 40)]  # 60 tokens × 300-token vocabulary
+    assert lm._bounded_batch(reqs, None) == 8
+    monkeypatch.setattr(harness_lm, "LOGITS_BYTES", 3 * 60 * 300 * 8)
+    assert lm._bounded_batch(reqs, None) == 3
+    monkeypatch.setattr(harness_lm, "LOGITS_BYTES", 1)
+    assert lm._bounded_batch(reqs, None) == 1

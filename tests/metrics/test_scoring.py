@@ -95,3 +95,16 @@ def test_bad_budget_is_refused(llama):
         scoring.read_prompts(model, tok, [scoring.Query("a", (), -1)])
     with pytest.raises(ValueError, match="one per prompt"):
         scoring.generate_greedy(model, tok, ["a", "b"], max_new_tokens=[1])
+
+
+def test_a_small_logits_budget_splits_the_tail_forwards_without_changing_a_score(llama,
+                                                                                 monkeypatch):
+    model, tok = llama
+    model = model.double()
+    queries = random_queries(seed=5, n=12)
+    whole = scoring.read_prompts(model, tok, queries, batch_size=6)
+    monkeypatch.setattr(scoring, "LOGITS_BYTES", 1)  # one tail per forward
+    split = scoring.read_prompts(model, tok, queries, batch_size=6)
+    assert [s.logprob for r in split for s in r.scores] == \
+        pytest.approx([s.logprob for r in whole for s in r.scores], rel=1e-12)
+    assert [r.generated for r in split] == [r.generated for r in whole]

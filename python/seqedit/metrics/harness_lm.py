@@ -13,7 +13,7 @@ from __future__ import annotations
 from lm_eval.models.huggingface import HFLM
 
 from ..editors._text import pad_id
-from .scoring import read_tokens
+from .scoring import LOGITS_BYTES, read_tokens
 
 class SharedContextLM(HFLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
@@ -30,7 +30,9 @@ class SharedContextLM(HFLM):
         if alone:
             answers = super()._loglikelihood_tokens([requests[k] for k in alone],
                                                     disable_tqdm=disable_tqdm,
-                                                    override_bs=override_bs)
+                                                    override_bs=self._bounded_batch(
+                                                        [requests[k] for k in alone],
+                                                        override_bs))
             for k, answer in zip(alone, answers):
                 out[k] = answer
         if mine:
@@ -44,3 +46,13 @@ class SharedContextLM(HFLM):
                     out[k] = (score.logprob * len(score.token_hits), score.argmax)
                     self.cache_hook.add_partial("loglikelihood", requests[k][0], out[k])
         return out
+
+    def _bounded_batch(self, requests, override_bs) -> int:
+        """HFLM's batch, made small enough that its full-vocabulary logits (and their
+        log-softmax) stay near LOGITS_BYTES: a batch of 16 WikiText windows of ~2,200 tokens is
+        74 GB of logits with Gemma 3's 262k-token vocabulary."""
+        batch = override_bs or self.batch_size
+        batch = batch if isinstance(batch, int) else 16
+        longest = min(max(len(c) + len(t) for _, c, t in requests), self.max_length)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        return max(1, min(batch, LOGITS_BYTES // (longest * vocab * 8)))

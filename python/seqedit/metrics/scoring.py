@@ -24,6 +24,11 @@ import torch
 from ..editors._text import pad_id, target_ids
 
 
+# A tail forward's logits (and their log-softmax) stay under this many bytes: with a 262k-token
+# vocabulary (Gemma 3) 32 prompts × 5 choices × 20 tokens would otherwise be 27 GB.
+LOGITS_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class TargetScore:
     """Teacher-forced reading of one target after one prompt.
@@ -130,43 +135,60 @@ def read_tokens(model: torch.nn.Module, heads: list[list[int]], tails: list[list
 
 def _score_tails(model, past, mask, first, rows, pad) -> list[TargetScore]:
     """A TargetScore for each (batch row, target ids): the first token from the prefill's last
-    logits, the rest from one forward over a copy of the owners' cache rows."""
-    logps = [[first[b]] for b, _ in rows]
+    logits, the rest from forwards over copies of the owners' cache rows — as many rows per
+    forward as keep its [rows, width, vocab] logits within LOGITS_BYTES."""
+    top_first = first.argmax(-1)
+    reads = [([float(first[b, tail[0]])], [int(top_first[b])]) for b, tail in rows]
     longer = [k for k, (_, tail) in enumerate(rows) if len(tail) > 1]
-    if longer:
-        device = first.device
-        owner = torch.tensor([rows[k][0] for k in longer], device=device)
-        cache = copy.deepcopy(past)
-        cache.batch_select_indices(owner)
-        width = max(len(rows[k][1]) for k in longer) - 1
-        ids = torch.full((len(longer), width), pad, dtype=torch.long)
-        fed = torch.zeros((len(longer), width), dtype=torch.long)
-        for j, k in enumerate(longer):
-            tail = rows[k][1][:-1]  # the last target token is predicted, never fed
-            ids[j, :len(tail)] = torch.tensor(tail)
-            fed[j, :len(tail)] = 1
-        ids, fed = ids.to(device), fed.to(device)
-        positions = mask.sum(-1)[owner][:, None] + torch.arange(width, device=device)
-        logits = model(input_ids=ids, attention_mask=torch.cat([mask[owner], fed], dim=1),
-                       position_ids=positions, past_key_values=cache, use_cache=True).logits
-        logp = _log_softmax(logits)
-        for j, k in enumerate(longer):
-            logps[k].extend(logp[j, :len(rows[k][1]) - 1])
-    return [_target_score(torch.stack(lp), tail) for lp, (_, tail) in zip(logps, rows)]
+    vocab = first.shape[-1]
+    start = 0
+    while start < len(longer):
+        group, width = [], 0
+        for k in longer[start:]:
+            wider = max(width, len(rows[k][1]) - 1)
+            if group and (len(group) + 1) * wider * vocab * 8 > LOGITS_BYTES:
+                break
+            group.append(k)
+            width = wider
+        start += len(group)
+        logp = _tail_logprobs(model, past, mask, [rows[k] for k in group], width, pad)
+        for j, k in enumerate(group):
+            tail = rows[k][1]
+            lp = logp[j, :len(tail) - 1]
+            reads[k][0].extend(lp.gather(1, torch.tensor(tail[1:], device=lp.device)[:, None])
+                               .squeeze(1).double().tolist())
+            reads[k][1].extend(lp.argmax(-1).tolist())
+        del logp
+    out = []
+    for (chosen, top), (_, tail) in zip(reads, rows):
+        out.append(TargetScore(sum(chosen) / len(chosen),
+                               tuple(t == want for t, want in zip(top, tail)),
+                               tuple(int(t) for t in top)))
+    return out
+
+
+def _tail_logprobs(model, past, mask, rows, width, pad) -> torch.Tensor:
+    """[len(rows), width, vocab] log-probs after feeding each tail but its last token, from a
+    copy of the owners' cache rows."""
+    device = mask.device
+    owner = torch.tensor([b for b, _ in rows], device=device)
+    cache = copy.deepcopy(past)
+    cache.batch_select_indices(owner)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    fed = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, (_, tail) in enumerate(rows):
+        ids[j, :len(tail) - 1] = torch.tensor(tail[:-1])  # the last one is predicted, not fed
+        fed[j, :len(tail) - 1] = 1
+    ids, fed = ids.to(device), fed.to(device)
+    positions = mask.sum(-1)[owner][:, None] + torch.arange(width, device=device)
+    logits = model(input_ids=ids, attention_mask=torch.cat([mask[owner], fed], dim=1),
+                   position_ids=positions, past_key_values=cache, use_cache=True).logits
+    return _log_softmax(logits)
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     """In float32 at least (bf16/fp16 logits lose the small gaps that decide a preference)."""
     return logits.log_softmax(-1) if logits.dtype == torch.float64 else logits.float().log_softmax(-1)
-
-
-def _target_score(logp: torch.Tensor, tail: list[int]) -> TargetScore:
-    target = torch.tensor(tail, device=logp.device)
-    chosen = logp.gather(1, target[:, None]).squeeze(1)
-    top = logp.argmax(-1)
-    return TargetScore(float(chosen.double().mean()),
-                       tuple(bool(h) for h in (top == target).tolist()),
-                       tuple(int(t) for t in top.tolist()))
 
 
 def _decode(model, past, mask, positions, first, budgets, pad, eos) -> list[list[int]]:
