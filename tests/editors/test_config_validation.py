@@ -174,3 +174,11 @@ def test_create_with_an_editor_returns_it(spec):
 def test_create_with_a_spec_that_is_neither_spec_nor_model(bad_spec):
     with pytest.raises(ValueError, match="spec must be a seqedit.models.ModelSpec or the model"):
         editors.create("rome", bad_spec)
+
+
+def test_a_learning_rate_beyond_any_edit_is_refused():
+    spec = model_spec(tiny("llama", seed=0)[0])
+    with pytest.raises(ValueError, match=r"v_lr must be <= 1e6, got 1e\+30"):
+        editors.create("memit", spec, v_lr=1e30)
+    with pytest.raises(ValueError, match="layers must be a list of int, got int 5"):
+        editors.create("memit", spec, layers=5)

@@ -59,6 +59,8 @@ class ValueConfig:
             yield f"v_loss_layer={self.v_loss_layer} is not a layer of this {n}-layer model (or -1)"
         if not self.v_lr > 0:
             yield f"v_lr must be > 0, got {self.v_lr}"
+        elif self.v_lr > 1e6:  # beyond float32 range Adam itself fails; far below, nothing edits
+            yield f"v_lr must be <= 1e6, got {self.v_lr}"
         if not (isinstance(self.v_num_grad_steps, int) and self.v_num_grad_steps >= 1):
             yield f"v_num_grad_steps must be an int >= 1, got {self.v_num_grad_steps!r}"
         if not self.v_weight_decay >= 0:

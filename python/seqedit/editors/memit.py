@@ -74,7 +74,8 @@ class LayerBandConfig(ValueConfig):
     def _band_build(cls, spec, overrides: dict, **extra):
         defaults = dict(layers=tuple(spec.default_edit_layers()), v_loss_layer=spec.num_layers - 1,
                         clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec), **extra)
-        if "layers" in overrides:
+        # A list is fine (JSON gives lists); anything else is left for the field check to name.
+        if isinstance(overrides.get("layers"), list):
             overrides = {**overrides, "layers": tuple(overrides["layers"])}
         return cls._build(spec, defaults, overrides)
 
