@@ -344,3 +344,20 @@ def test_two_processes_creating_one_directory_have_one_winner(tmp_path, trial):
     with session:
         assert [r["requests"][0]["case_id"] for r in session.records()] == [winner]
     assert os.path.isdir(directory)
+
+
+@pytest.mark.parametrize("method", ["memit", "rome", "alphaedit"])
+def test_broken_statistics_make_a_real_editor_refuse_with_a_recorded_reason(method):
+    model, tok = tiny("llama", seed=0)
+    spec = model_spec(model)
+    d_in = weight_shape(model, spec, 0)[1]
+    c = -torch.eye(d_in) if method == "alphaedit" else torch.zeros(d_in, d_in)  # indefinite / 0
+    before = model_hash(model)
+    with EditSession(model, tok, method, stats=lambda layer: c, v_num_grad_steps=2,
+                     **({"layer": 0} if method == "rome" else {"layers": [0]})) as session:
+        result = session.edit(make_requests(1), progress=False)[0]
+        line = next(session.records())
+    assert result.status == "refused" and line["status"] == "refused"
+    assert line["reason"].startswith("the editor could not solve this edit")
+    assert "layer 0" in line["reason"]
+    assert model_hash(model) == before
