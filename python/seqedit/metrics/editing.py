@@ -52,7 +52,7 @@ class EditingConfig:
     fluency_tokens: int = 100
     portability: bool = True
     multihop: bool = True
-    batch_size: int = 64  # prompts per prefill; decoding steps cost per forward, so wider is cheaper
+    batch_size: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
