@@ -36,11 +36,10 @@ class SharedContextLM(HFLM):
             for k, answer in zip(alone, answers):
                 out[k] = answer
         if mine:
-            batch = override_bs or self.batch_size
             readings = read_tokens(self.model, [list(requests[ks[0]][1]) for ks in mine],
                                    [[list(requests[k][2]) for k in ks] for ks in mine],
                                    [0] * len(mine), pad=pad_id(self.tokenizer), eos=None,
-                                   batch_size=batch if isinstance(batch, int) else 16)
+                                   batch_size=self._batch(override_bs))
             for ks, reading in zip(mine, readings):
                 for k, score in zip(ks, reading.scores):
                     out[k] = (score.logprob * len(score.token_hits), score.argmax)
@@ -51,8 +50,11 @@ class SharedContextLM(HFLM):
         """HFLM's batch, made small enough that its full-vocabulary logits (and their
         log-softmax) stay near LOGITS_BYTES: a batch of 16 WikiText windows of ~2,200 tokens is
         74 GB of logits with Gemma 3's 262k-token vocabulary."""
-        batch = override_bs or self.batch_size
-        batch = batch if isinstance(batch, int) else 16
         longest = min(max(len(c) + len(t) for _, c, t in requests), self.max_length)
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        return max(1, min(batch, LOGITS_BYTES // (longest * vocab * 8)))
+        return max(1, min(self._batch(override_bs), LOGITS_BYTES // (longest * vocab * 8)))
+
+    def _batch(self, override_bs) -> int:
+        """The batch asked for ("auto" is HFLM's probing, which this class does not do: 16)."""
+        batch = override_bs or self.batch_size
+        return batch if isinstance(batch, int) else 16
