@@ -137,8 +137,11 @@ def _score_tails(model, past, mask, first, rows, pad) -> list[TargetScore]:
     """A TargetScore for each (batch row, target ids): the first token from the prefill's last
     logits, the rest from forwards over copies of the owners' cache rows — as many rows per
     forward as keep its [rows, width, vocab] logits within LOGITS_BYTES."""
-    top_first = first.argmax(-1)
-    reads = [([float(first[b, tail[0]])], [int(top_first[b])]) for b, tail in rows]
+    owners = torch.tensor([b for b, _ in rows], dtype=torch.long, device=first.device)
+    heads = torch.tensor([tail[0] for _, tail in rows], dtype=torch.long, device=first.device)
+    # One gather for every row's first token: no device round trip per row.
+    reads = [([chosen], [top]) for chosen, top in zip(first[owners, heads].double().tolist(),
+                                                       first.argmax(-1)[owners].tolist())]
     longer = [k for k, (_, tail) in enumerate(rows) if len(tail) > 1]
     vocab = first.shape[-1]
     start = 0
