@@ -119,6 +119,20 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def parse_line(line: bytes, where: str, *, may_be_torn: bool = False) -> dict[str, Any] | None:
+    """One ledger line as a JSON object; LedgerError naming `where` (file:line) otherwise — or
+    None for a line that is not JSON when `may_be_torn` (a reader's view of the last line)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        if may_be_torn:
+            return None
+        raise LedgerError(f"{where}: not JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise LedgerError(f"{where}: a {type(record).__name__}, not a JSON object")
+    return record
+
+
 def is_legacy(manifest: dict[str, Any]) -> bool:
     """Format 1: written before manifests and lines carried checksums."""
     return manifest.get("format_version", 0) < 2
@@ -206,12 +220,7 @@ class Ledger:
         data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
         committed = data[: data.rfind(b"\n") + 1]
         for number, line in enumerate(committed.split(b"\n")[:-1], 1):
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise LedgerError(f"{where}:{number}: not JSON ({err})") from None
-            if not isinstance(record, dict):
-                raise LedgerError(f"{where}:{number}: a {type(record).__name__}, not a JSON object")
+            record = parse_line(line, f"{where}:{number}")
             self._follow(record, line, where=f"{where}:{number}")
             self._check(record, where=f"{where}:{number}")
             self._index(record)

@@ -8,14 +8,13 @@ whose chain checksum does not hold (`integrity`), means the file was damaged: an
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .integrity import chain_root, follow
-from .ledger import LEDGER, LedgerError, is_legacy, read_manifest
+from .ledger import LEDGER, LedgerError, is_legacy, parse_line, read_manifest
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,10 @@ def read_run(directory: str | os.PathLike) -> Run:
     lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
     records, head, legacy = [], chain_root(manifest), is_legacy(manifest)
     for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            if number == len(lines):
-                break
-            raise LedgerError(f"{path}:{number}: not JSON ({err})") from None
-        if not isinstance(record, dict):
-            raise LedgerError(f"{path}:{number}: a {type(record).__name__}, not a JSON object")
+        # The last line may be the writer's line in progress, or a crash's.
+        record = parse_line(line, f"{path}:{number}", may_be_torn=number == len(lines))
+        if record is None:
+            break
         try:
             head = follow(head, record, line, legacy=legacy)
         except ValueError as err:
