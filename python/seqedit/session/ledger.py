@@ -8,6 +8,8 @@ Layout (format version 2)::
                               "rollback" and "eval" lines (an evaluator's result at a step), each
                               with a checksum chained to the line before (`integrity`)
     deltas/<edit_id>.safetensors   the factors (and editor keys) of each applied edit
+    deltas/<edit_id>.rollback.safetensors   the correction that rolled an edit back, where a
+                              guard undoes it otherwise than by subtraction (D4S re-solves)
 
 Creation takes the directory's lock first (the ledger file, created exclusively and locked) and
 writes the manifest after, so two processes creating one directory cannot both win. The commit
@@ -15,7 +17,7 @@ point of an edit or a rollback is its ledger line reaching the disk (write + fsy
 is made durable (temp file, fsync, rename, fsync of the directory) before the line that names it
 is written, so a committed line never points at a missing file. Reopening repairs only what a
 crash can leave: a line cut short (no trailing newline; it never committed) and the delta file of
-the next edit id that no line names. Anything else that disagrees — other unnamed delta files, a
+the next edit id (or the rollback correction of a live edit) that no line names. Anything else that disagrees — other unnamed delta files, a
 missing ledger beside a manifest, a broken checksum — is a LedgerError and nothing is deleted.
 Format 1 directories (no checksums) still open, with a warning; lines appended to them are
 chained from then on.
@@ -89,8 +91,8 @@ def _create_exclusive(path: Path, data: bytes) -> None:
         tmp.unlink()
 
 
-def delta_file_name(edit_id: int) -> str:
-    return f"{edit_id:06d}.safetensors"
+def delta_file_name(edit_id: int, *, rollback: bool = False) -> str:
+    return f"{edit_id:06d}{'.rollback' if rollback else ''}.safetensors"
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -159,6 +161,7 @@ class Ledger:
         self._evals: dict[tuple[int, str], dict[str, Any]] = {}  # (state, evaluator) -> line
         self.state = 0  # edit and rollback lines so far: which model an eval line measured
         self._history: list[tuple[str, int]] = []  # ("edit" | "rollback", edit_id) that moved W
+        self.undo: dict[int, dict[str, Any]] = {}  # edit id -> its rollback's correction file
         self.head = chain_root(manifest)  # the chain value the next line must follow
         self._size = 0
         self._broken = False
@@ -233,8 +236,8 @@ class Ledger:
         self._size = len(committed)
         (self.root / DELTAS).mkdir(exist_ok=True)
         if orphan is not None:
-            log.warning("removing %s: the delta of edit %d, whose ledger line was never "
-                        "written (the run stopped inside that step)", orphan, self.next_edit_id)
+            log.warning("removing %s: a delta whose ledger line was never written (the run "
+                        "stopped inside that step)", orphan)
             orphan.unlink()
             fsync_dir(self.root / DELTAS)
 
@@ -265,11 +268,15 @@ class Ledger:
     def _orphan(self) -> Path | None:
         """The one file a crash can leave (the next edit's delta, whose line was never
         written), if it is there; LedgerError when anything else disagrees with the ledger."""
-        named = {Path(e.delta["file"]).name for e in self.entries.values() if e.delta}
+        files = [e.delta for e in self.entries.values() if e.delta] + list(self.undo.values())
+        named = {Path(f["file"]).name for f in files}
         folder = self.root / DELTAS
         present = list(folder.iterdir()) if folder.is_dir() else []
         stray = sorted(p.name for p in present if p.name not in named)
-        orphan = delta_file_name(self.next_edit_id)
+        # A crash inside a step leaves its delta; inside a rollback, its correction.
+        possible = {delta_file_name(self.next_edit_id)} | {
+            delta_file_name(e.edit_id, rollback=True) for e in self.entries.values() if e.live}
+        orphan = next((name for name in stray if name in possible), None)
         others = [name for name in stray if name != orphan]
         if others:
             raise LedgerError(
@@ -277,12 +284,11 @@ class Ledger:
                 f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); the ledger "
                 "is missing lines or the files come from elsewhere. Nothing was deleted: restore "
                 f"{LEDGER} or move those files away")
-        missing = [e.edit_id for e in self.entries.values()
-                   if e.delta and not (self.root / e.delta["file"]).is_file()]
+        missing = [f["file"] for f in files if not (self.root / f["file"]).is_file()]
         if missing:
             raise LedgerError(f"{self.root}: the ledger names delta files that are missing "
-                              f"(edits {missing[:10]}); nothing was changed")
-        return folder / orphan if orphan in stray else None
+                              f"({', '.join(missing[:10])}); nothing was changed")
+        return folder / orphan if orphan is not None else None
 
     def _follow(self, record: dict[str, Any], raw: bytes, *, where: str) -> None:
         try:
@@ -333,6 +339,8 @@ class Ledger:
         else:
             self.entries[edit_id].rolled_back = True
             self._history.append(("rollback", edit_id))
+            if record.get("delta"):
+                self.undo[edit_id] = record["delta"]
 
     @property
     def next_edit_id(self) -> int:
@@ -389,10 +397,11 @@ class Ledger:
         self.head = record["chain"]
         self._index(record)
 
-    def write_delta(self, edit_id: int, delta: Delta) -> dict[str, Any]:
-        """Store the factors durably; return the ledger's description of the file."""
+    def write_delta(self, edit_id: int, delta: Delta, *, rollback: bool = False) -> dict[str, Any]:
+        """Store the factors durably (of edit `edit_id`, or of the correction that rolls it
+        back); return the ledger's description of the file."""
         self.ensure_writable()
-        name = delta_file_name(edit_id)
+        name = delta_file_name(edit_id, rollback=rollback)
         # Own copies: an editor may hand out views sharing storage (keys = factors), which
         # safetensors refuses to write.
         tensors = {key: t.clone() for key, t in delta.to_tensors().items()}
@@ -409,12 +418,20 @@ class Ledger:
         }
 
     def load_delta(self, entry: Entry) -> Delta:
-        path = self.root / entry.delta["file"]
+        return self._load_file(entry.delta, entry.method)
+
+    def load_undo(self, edit_id: int) -> Delta | None:
+        """The correction that rolled edit `edit_id` back, or None (it was subtracted)."""
+        found = self.undo.get(edit_id)
+        return None if found is None else self._load_file(found, self.entries[edit_id].method)
+
+    def _load_file(self, described: dict[str, Any], method: str) -> Delta:
+        path = self.root / described["file"]
         blob = path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != entry.delta["sha256"]:
+        if hashlib.sha256(blob).hexdigest() != described["sha256"]:
             raise LedgerError(f"{path}: checksum differs from the ledger's; the file was changed")
-        transposed = {d["name"]: d["transposed"] for d in entry.delta["layers"]}
-        return Delta.from_tensors(entry.method, safetensors.torch.load(blob), transposed)
+        transposed = {d["name"]: d["transposed"] for d in described["layers"]}
+        return Delta.from_tensors(method, safetensors.torch.load(blob), transposed)
 
     def copy_to(self, dest: Path, manifest: dict[str, Any]) -> None:
         """A self-contained copy (every delta the ledger names); the manifest goes last, so a
@@ -422,10 +439,10 @@ class Ledger:
         if (dest / MANIFEST).exists() or (dest / LEDGER).exists():
             raise LedgerError(f"{dest} already holds a session; save into a new directory")
         (dest / DELTAS).mkdir(parents=True, exist_ok=True)
-        for entry in self.entries.values():
-            if entry.delta:
-                blob = (self.root / entry.delta["file"]).read_bytes()
-                write_durable(dest / entry.delta["file"], blob)
+        files = [e.delta for e in self.entries.values() if e.delta] + list(self.undo.values())
+        for described in files:
+            blob = (self.root / described["file"]).read_bytes()
+            write_durable(dest / described["file"], blob)
         write_durable(dest / LEDGER, os.pread(self._fd, self._size, 0))
         fsync_dir(dest / DELTAS)
         write_atomic(dest / MANIFEST, json.dumps(seal_manifest(manifest), indent=1).encode())
