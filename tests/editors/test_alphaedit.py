@@ -1,9 +1,11 @@
-"""AlphaEdit: null-space identity, closed form, and the commit/revert state round trip."""
+"""AlphaEdit: null-space identity, closed form, the state its commits keep and replay. The
+Editor contract (purity, shapes, commit then revert) is checked for every editor in
+test_editor_battery.py."""
 from __future__ import annotations
 
 import pytest
 import torch
-from editor_helpers import FAST, Tiny, weights_digest
+from editor_helpers import FAST, Tiny
 
 from seqedit import editors
 from seqedit.editors.alphaedit import nullspace_projector
@@ -34,9 +36,7 @@ def test_projector_is_a_projector(lowrank_c):
 def test_update_leaves_preserved_subspace_alone(llama, requests_, lowrank_c):
     ed = _editor(llama)
     ctx = llama.ctx(c=lowrank_c)
-    before = weights_digest(llama.model)
     delta = ed.compute(llama.model, requests_[:2], ctx)
-    assert weights_digest(llama.model) == before
     for layer, ld in zip(sorted(ed.config.layers), delta.layers):
         p = ed.projector(layer, ctx)
         dw = ld.dense().double()
@@ -45,7 +45,7 @@ def test_update_leaves_preserved_subspace_alone(llama, requests_, lowrank_c):
         assert ld.u.shape[1] == ld.v.shape[1] == 2
 
 
-def test_closed_form_and_state_round_trip(llama, requests_, lowrank_c):
+def test_closed_form_counts_the_committed_keys(llama, requests_, lowrank_c):
     ed = _editor(llama)
     ctx = llama.ctx(c=lowrank_c)
     first = ed.compute(llama.model, requests_[:1], ctx)
@@ -63,12 +63,6 @@ def test_closed_form_and_state_round_trip(llama, requests_, lowrank_c):
         rhs = ld.u.double() @ k.T @ p
         assert torch.allclose(lhs, rhs, atol=1e-4 * float(rhs.abs().max()) + 1e-9)
         assert torch.allclose(after_first[ld.name], kp @ kp.T)
-    ed.commit(second)
-    ed.revert(second)
-    for name, g in ed.state().items():
-        assert torch.allclose(g, after_first[name], atol=1e-9)
-    ed.revert(first)
-    assert all(float(g.abs().max()) < 1e-9 for g in ed.state().values())
 
 
 def test_replaying_commits_rebuilds_state(llama, requests_, lowrank_c):

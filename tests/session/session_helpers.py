@@ -36,6 +36,10 @@ class FakeEditor:
         self.state: dict[str, torch.Tensor] = {}
         self.computed = 0
 
+    @property
+    def layers(self):
+        return sorted(self.config.layers)
+
     def compute(self, model, requests, ctx):
         self.computed += 1
         # Like MEMIT's context templates: derived from the model at the first edit, memoised.

@@ -34,6 +34,7 @@ class FixedEditor:
     def __init__(self, spec, u=None, v=None, error=None):
         self.spec, self.u, self.v, self.error = spec, u, v, error
         self.config = FixedConfig()
+        self.layers = [self.config.layer]
 
     def compute(self, model, requests, ctx):
         if self.error:

@@ -1,26 +1,20 @@
 """Editing methods. Each turns requests into a `Delta` without touching the model.
 
-`EDITORS` maps a method name to (editor class, config class); `create(name, spec, **overrides)`
-builds one with defaults derived from the model (`Config.for_model`).
+`EDITORS` maps a method name to (editor class, config class), built-in or added with
+`register_editor`; `create(name, spec, **overrides)` builds one with defaults derived from the
+model (`Config.for_model`).
 """
 from __future__ import annotations
-
-from types import MappingProxyType
 
 import torch
 
 from .alphaedit import AlphaEditConfig, AlphaEditEditor
 from .base import Delta, EditContext, Editor, LayerDelta, SolveError, StatelessEditor
+from .config import EditorConfig
 from .ft import FTConfig, FTEditor
 from .memit import MemitConfig, MemitEditor
+from .registry import EDITORS, register_editor
 from .rome import RomeConfig, RomeEditor
-
-EDITORS = MappingProxyType({
-    "rome": (RomeEditor, RomeConfig),
-    "memit": (MemitEditor, MemitConfig),
-    "alphaedit": (AlphaEditEditor, AlphaEditConfig),
-    "ft": (FTEditor, FTConfig),
-})
 
 
 def create(name: str | Editor, spec, **overrides) -> Editor:
@@ -52,8 +46,8 @@ def create(name: str | Editor, spec, **overrides) -> Editor:
 
 
 __all__ = [
-    "EDITORS", "create", "Delta", "LayerDelta", "EditContext", "Editor", "StatelessEditor",
-    "SolveError",
+    "EDITORS", "register_editor", "create", "EditorConfig", "Delta", "LayerDelta", "EditContext",
+    "Editor", "StatelessEditor", "SolveError",
     "RomeConfig", "RomeEditor", "MemitConfig", "MemitEditor", "AlphaEditConfig", "AlphaEditEditor",
     "FTConfig", "FTEditor",
 ]

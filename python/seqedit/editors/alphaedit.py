@@ -74,6 +74,10 @@ class AlphaEditEditor:
         self._past: dict[str, torch.Tensor] = {}  # weight name → Σ K_p K_pᵀ, float64
         self._committed = 0
 
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.config.layers)
+
     def projector(self, layer: int, ctx: EditContext, d_in: int | None = None) -> torch.Tensor:
         """P for `layer` from validated statistics (SolveError otherwise); a refusal is memoised
         in ctx.memo per C, so a session with bad statistics does not redo the eigendecomposition."""

@@ -144,10 +144,17 @@ class EditContext:
 
 @runtime_checkable
 class Editor(Protocol):
-    """An editing method. `compute` must not mutate the model (tests check this)."""
+    """An editing method. `compute` must not mutate the model (tests check this).
+
+    `layers`: the sorted indices of the layers whose MLP output projection its deltas change;
+    the session fingerprints those base weights and computes their key statistics up front.
+    `config`: a dataclass with `to_dict()` and `from_dict(data, spec)` (`config.EditorConfig`),
+    so a session can record it and rebuild the editor from its ledger.
+    """
 
     name: str
     config: Any
+    layers: list[int]
 
     def compute(self, model: torch.nn.Module, requests: list, ctx: EditContext) -> Delta: ...
 

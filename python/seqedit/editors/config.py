@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .keys import DEFAULT_STARTS
 
@@ -24,8 +26,41 @@ def weight_decay_for(spec) -> float:
     return 0.5 if spec.norm_bias else 1e-3
 
 
+class EditorConfig:
+    """Base of the editor config dataclasses: their checks and their JSON form.
+
+    `to_dict()` is what a session records in its manifest and hashes (`config_hash`): it must
+    keep the form ledgers already hold (field name → value, tuples as lists), or they would no
+    longer resume.
+    """
+
+    def check(self, spec) -> None:
+        """Raise ValueError naming every bad field (against `spec` for layer indices)."""
+        check_config(self, spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], spec):
+        """The checked config `data` describes (a `to_dict()`, maybe through JSON). A field it
+        lacks takes its dataclass default, which by rule means what the field's absence meant
+        before it existed."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__}.from_dict takes a mapping of field values, got "
+                             f"{type(data).__name__} {data!r:.80}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+        cfg = cls(**tuples_for_lists(cls, dict(data)))
+        cfg.check(spec)
+        return cfg
+
+
 @dataclass(frozen=True)
-class ValueConfig:
+class ValueConfig(EditorConfig):
     v_loss_layer: int = -1  # -1: the last layer
     v_lr: float = 0.5
     v_num_grad_steps: int = 25
@@ -48,10 +83,6 @@ class ValueConfig:
     # The fast path (cached prefix activations, logits at scored rows only) or the slow
     # reference (a full forward per step, one request at a time). Same result, see values.py.
     fast: bool = True
-
-    def check(self, spec) -> None:
-        """Raise ValueError naming every bad field (against `spec` for layer indices)."""
-        check_config(self, spec)
 
     def _problems(self, spec):
         n = spec.num_layers
@@ -80,16 +111,6 @@ class ValueConfig:
 
     def loss_layer(self, spec) -> int:
         return spec.num_layers - 1 if self.v_loss_layer == -1 else self.v_loss_layer
-
-    @classmethod
-    def _build(cls, spec, defaults: dict, overrides: dict):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
-        cfg = cls(**tuples_for_lists(cls, {**defaults, **overrides}))
-        cfg.check(spec)
-        return cfg
 
 
 def check_layers(layers, spec, what: str = "layers"):

@@ -20,21 +20,17 @@ import torch
 
 from . import _text
 from .base import Delta, EditContext, LayerDelta, StatelessEditor
-from .config import check_config, check_layers
+from .config import EditorConfig, check_layers
 from .keys import model_device
 
 
 @dataclass(frozen=True)
-class FTConfig:
+class FTConfig(EditorConfig):
     layer: int = 0
     lr: float = 5e-4
     num_steps: int = 25
     norm_constraint: float = 5e-4
     early_stop_loss: float = 1e-2
-
-    def check(self, spec) -> None:
-        """Raise ValueError naming every bad field (against `spec` for the layer index)."""
-        check_config(self, spec)
 
     def _problems(self, spec):
         yield from check_layers([self.layer], spec, "layer")
@@ -49,12 +45,7 @@ class FTConfig:
 
     @classmethod
     def for_model(cls, spec, **overrides) -> "FTConfig":
-        unknown = sorted(set(overrides) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"FTConfig has no field(s) {unknown}; fields: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**{"layer": spec.default_rome_layer(), **overrides})
-        cfg.check(spec)
-        return cfg
+        return cls.from_dict({"layer": spec.default_rome_layer(), **overrides}, spec)
 
 
 class FTEditor(StatelessEditor):
@@ -62,6 +53,10 @@ class FTEditor(StatelessEditor):
 
     def __init__(self, config: FTConfig):
         self.config = config
+
+    @property
+    def layers(self) -> list[int]:
+        return [self.config.layer]
 
     def compute(self, model, requests, ctx: EditContext) -> Delta:
         cfg, spec, tok = self.config, ctx.spec, ctx.tokenizer

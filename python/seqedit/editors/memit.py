@@ -74,10 +74,7 @@ class LayerBandConfig(ValueConfig):
     def _band_build(cls, spec, overrides: dict, **extra):
         defaults = dict(layers=tuple(spec.default_edit_layers()), v_loss_layer=spec.num_layers - 1,
                         clamp_norm_factor=clamp_for(spec), v_weight_decay=weight_decay_for(spec), **extra)
-        # A list is fine (JSON gives lists); anything else is left for the field check to name.
-        if isinstance(overrides.get("layers"), list):
-            overrides = {**overrides, "layers": tuple(overrides["layers"])}
-        return cls._build(spec, defaults, overrides)
+        return cls.from_dict({**defaults, **overrides}, spec)
 
 
 @dataclass(frozen=True)
@@ -261,6 +258,10 @@ class MemitEditor(StatelessEditor):
 
     def __init__(self, config: MemitConfig):
         self.config = config
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.config.layers)
 
     def compute(self, model, requests, ctx: EditContext) -> Delta:
         cfg = self.config

@@ -50,7 +50,7 @@ class RomeConfig(ValueConfig):
         defaults = dict(layer=spec.default_rome_layer(), v_loss_layer=spec.num_layers - 1,
                         # 4 on every family: upstream ROME configs for gpt2-xl and llama agree.
                         clamp_norm_factor=4.0, v_weight_decay=weight_decay_for(spec))
-        return cls._build(spec, defaults, overrides)
+        return cls.from_dict({**defaults, **overrides}, spec)
 
 
 class RomeEditor(StatelessEditor):
@@ -58,6 +58,10 @@ class RomeEditor(StatelessEditor):
 
     def __init__(self, config: RomeConfig):
         self.config = config
+
+    @property
+    def layers(self) -> list[int]:
+        return [self.config.layer]
 
     def compute(self, model, requests, ctx: EditContext) -> Delta:
         cfg, spec = self.config, ctx.spec

@@ -32,15 +32,27 @@ def check_session_options(seed: Any, max_delta_ratio: Any) -> None:
         raise ValueError("EditSession: " + "; ".join(problems))
 
 
-def check_editor(editor: Any) -> None:
-    """`method` given as an object must be an Editor (`seqedit.editors.base.Editor`)."""
+def check_editor(editor: Any, spec: Any) -> None:
+    """`method` given as an object must be an Editor (`seqedit.editors.base.Editor`) whose
+    `layers` are layers of this model: the session fingerprints them before the first edit."""
     from ..editors import EDITORS
+    from ..editors.config import check_layers
 
-    missing = [a for a in ("name", "config", "compute", "commit", "revert")
+    missing = [a for a in ("name", "config", "layers", "compute", "commit", "revert")
                if not hasattr(editor, a)]
     if missing:
         raise TypeError(f"method must be an editor name ({', '.join(sorted(EDITORS))}) or an "
                         f"Editor instance; got {editor!r} (it has no {', '.join(missing)})")
+    layers, what = editor.layers, f"{type(editor).__name__}.layers"
+    if not isinstance(layers, (list, tuple)):
+        problems = [f"{what} must be a list of layer indices, got {type(layers).__name__} "
+                    f"{layers!r:.80}"]
+    else:
+        problems = list(check_layers(list(layers), spec, what))
+        if not problems and list(layers) != sorted(layers):
+            problems.append(f"{what} must be sorted, got {list(layers)}")
+    if problems:
+        raise ValueError("; ".join(problems) + " (an Editor declares the layers it edits)")
 
 
 def as_requests(requests: Any) -> list[EditRequest]:

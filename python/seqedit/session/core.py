@@ -40,7 +40,7 @@ from .moments import SecondMoments
 from ..metrics.probe import request_probabilities, success
 from .reader import read_run
 from .replay import (check_base_model, check_config_hashes, check_same_editor,
-                     declared_layers, model_identity, portable_memo, replay, restore_memo)
+                     model_identity, portable_memo, replay, restore_memo)
 from .results import APPLIED, REFUSED, SKIPPED, EditRefused, EditResult, RollbackError
 
 log = logging.getLogger("seqedit.session")
@@ -92,7 +92,7 @@ class EditSession:
         self._setup(model, tokenizer, method, spec, stats, stats_options, seed, config)
         self._max_delta_ratio = float(max_delta_ratio)
         fingerprints = {}
-        for layer in declared_layers(self._editor):  # before any weight can move
+        for layer in self._editor.layers:  # before any weight can move
             name = self.spec.mlp_out_weight_name(layer)
             fingerprints[name] = tensor_fingerprint(model.get_parameter(name))
         manifest = {
@@ -128,12 +128,12 @@ class EditSession:
             raise TypeError(f"editor options {sorted(config)} apply only when `method` is a "
                             "name; configure the Editor instance itself")
         else:
-            check_editor(method)
+            check_editor(method, self.spec)
             self._editor = method
         self.method = self._editor.name
         self.config_hash = config_hash(self.method, self._editor.config, __version__)
         self._moments = SecondMoments(model, tokenizer, stats, options=stats_options,
-                                      layers_hint=declared_layers(self._editor))
+                                      layers_hint=self._editor.layers)
         self._ctx = EditContext(tokenizer, self.spec, self._moments, seed)
         self._base = BaseWeights(model)
 
@@ -144,7 +144,7 @@ class EditSession:
                                   base=self._base, live_requests=self._live_requests)
         if evaluators:
             self._evals.prepare([self.spec.mlp_out_weight_name(layer)
-                                 for layer in declared_layers(self._editor)])
+                                 for layer in self._editor.layers])
 
     # -- reopening ---------------------------------------------------------------------------
     @classmethod
@@ -167,19 +167,19 @@ class EditSession:
         self._tmp = self._ledger = None
         try:
             manifest = ledger.manifest
-            config = {}
             if method is None or (isinstance(method, str) and method == manifest["method"]):
-                method = manifest["method"]
-                # JSON turned the config's tuples into lists; the dataclasses want tuples back.
-                config = {k: tuple(v) if isinstance(v, list) else v
-                          for k, v in manifest["config"].items()}
                 from ..editors import EDITORS
+                from ..models import spec as model_spec
 
-                if method not in EDITORS:
-                    raise LedgerError(f"{directory} was written by editor {method!r}, which is not "
-                                      "in seqedit.editors.EDITORS; pass the Editor as `method=`")
-            self._setup(model, tokenizer, method, spec, stats, stats_options, manifest["seed"],
-                        config)
+                if manifest["method"] not in EDITORS:
+                    raise LedgerError(f"{directory} was written by editor {manifest['method']!r}, "
+                                      "which is not in seqedit.editors.EDITORS; register it "
+                                      "(seqedit.editors.register_editor) or pass the Editor as "
+                                      "`method=`")
+                spec = spec if spec is not None else model_spec(model)
+                editor_cls, config_cls = EDITORS[manifest["method"]]
+                method = editor_cls(config_cls.from_dict(manifest["config"], spec))
+            self._setup(model, tokenizer, method, spec, stats, stats_options, manifest["seed"], {})
             self._max_delta_ratio = float(manifest.get("max_delta_ratio", MAX_DELTA_RATIO))
             check_same_editor(directory, manifest, self.method, self._editor.config)
             check_config_hashes(ledger, self.method, self._editor.config)

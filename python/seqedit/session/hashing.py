@@ -55,7 +55,10 @@ def jsonable(value: Any, *, depth: int = 0) -> Any:
 def config_dict(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
-    rendered = jsonable(config)
+    # A config's own form where it has one (EditorConfig.to_dict gives what `jsonable` gave
+    # before it existed, so recorded hashes still match); user configs may be plain dataclasses.
+    own = getattr(config, "to_dict", None)
+    rendered = jsonable(own() if callable(own) else config)
     return rendered if isinstance(rendered, dict) else {"value": rendered}
 
 

@@ -19,21 +19,6 @@ log = logging.getLogger("seqedit.session")
 _IDENTITY = ("class", "arch", "num_layers", "hidden_size", "mlp_hidden_size")
 
 
-def declared_layers(editor: Any) -> list[int]:
-    """The layers an editor says it edits (`editor.layers`, or `config.layers`/`config.layer`);
-    [] when it does not say. Used to fingerprint the base weights before the first edit and to
-    compute every layer's key statistics in one pass."""
-    for holder in (editor, getattr(editor, "config", None)):
-        for attr in ("layers", "layer"):
-            value = getattr(holder, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return [value]
-            if isinstance(value, (list, tuple)) and value and all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in value):
-                return sorted(set(value))
-    return []
-
-
 def _plain(value: Any) -> bool:
     if isinstance(value, tuple):
         return all(_plain(v) for v in value)
