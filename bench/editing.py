@@ -7,6 +7,14 @@
     python bench/editing.py --paired --stop       # + ours with the opt-in early stop (target leads by 1 nat)
     python bench/editing.py --model gemma3-270m --n 100 --reference-n 0 --methods rome,memit,alphaedit \
         --log gemma.jsonl                          # efficacy of the defaults on the first 100 records
+    python bench/editing.py --sessions memit,memit+d4s --n 64   # whole EditSessions, guards included
+
+With `--sessions`, each entry (an editor name, `+guard` for each guard) runs as an EditSession on
+its own copy of the model, one request per step, the runs taking turns in chunks of `--chunk`
+requests (one `edit()` call each), so machine load hits all alike. s/edit is the wall time of
+the edit() calls over the edits (the session's own probes included, the same for every entry);
+efficacy is the session's probe right after each edit. D4S optimises the targets of a chunk's
+requests in batches ahead (its `target_batch`), which is where its time goes.
 
 Each method edits the first N records of the CounterFact edit split one at a time, applying every
 Delta before the next edit (sequential), twice: once with the default (fast) value optimisation
@@ -139,6 +147,9 @@ def main(argv=None) -> None:
                          "token (default 1; 0 is a bare argmax)")
     ap.add_argument("--log", default=None, help="append one JSON line per edit to this file")
     ap.add_argument("--from-log", default=None, help="only print the table of an earlier --log file")
+    ap.add_argument("--sessions", default=None,
+                    help="compare whole EditSessions instead: comma-separated editor[+guard...] entries")
+    ap.add_argument("--chunk", type=int, default=16, help="requests per edit() call with --sessions")
     args = ap.parse_args(argv)
     if args.from_log:
         table_from_log(args.from_log)
@@ -161,6 +172,10 @@ def main(argv=None) -> None:
     stats = second_moments(model, tokenizer, layers, max_tokens=args.stats_tokens, progress=False)
     c = {layer: mom for layer, (mom, _) in stats.items()}
     requests = data.load("counterfact", limit=max(args.n, ref_n))
+    if args.sessions:
+        run_sessions(model, tokenizer, stats, requests[:args.n], args.sessions.split(","),
+                     args.chunk, overrides, name)
+        return
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def log(record):
@@ -189,6 +204,46 @@ def main(argv=None) -> None:
     model.load_state_dict(original)
 
     print_table(rows, name, torch.get_num_threads())
+
+
+def run_sessions(model, tokenizer, stats, requests, entries, chunk: int, overrides: dict,
+                 name: str) -> None:
+    """Each entry as an EditSession on its own model copy, taking turns chunk by chunk."""
+    import tempfile
+
+    from seqedit import EditSession
+
+    overrides = {k: v for k, v in overrides.items() if k != "argmax_margin"}
+    tmp = tempfile.TemporaryDirectory(prefix="bench-sessions-")
+    runs = {}
+    for i, entry in enumerate(entries):
+        method, *guards = entry.strip().split("+")
+        copy_ = model if i == len(entries) - 1 else copy.deepcopy(model)
+        runs[entry] = {"session": EditSession(copy_, tokenizer, method, stats=stats,
+                                              ledger_dir=f"{tmp.name}/{i}", guards=guards,
+                                              **overrides),
+                       "wall": 0.0, "cpu": 0.0, "eff": []}
+    for start in range(0, len(requests), chunk):
+        part = requests[start:start + chunk]
+        for entry, r in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            results = r["session"].edit(part, progress=False)
+            r["wall"] += time.perf_counter() - wall
+            r["cpu"] += time.process_time() - cpu
+            r["eff"] += [bool(x.success) for x in results]
+            print(json.dumps({"model": name, "entry": entry, "edits": len(r["eff"]),
+                              "s_per_edit": r["wall"] / len(r["eff"]),
+                              "efficacy": mean(r["eff"])}), flush=True)
+    base = runs[entries[0].strip()]
+    print(f"\nEditSessions, {name}, CPU ({torch.get_num_threads()} threads), first {len(requests)} "
+          f"CounterFact edit records, one request per step, turns of {chunk}")
+    print(f"{'entry':<22} {'edits':>6} {'s/edit':>8} {'cpu-s/edit':>11} {'efficacy':>9} {'speedup':>8}")
+    for entry, r in runs.items():
+        n = len(r["eff"])
+        print(f"{entry:<22} {n:>6} {r['wall'] / n:>8.2f} {r['cpu'] / n:>11.2f} {mean(r['eff']):>9.3f} "
+              f"{base['wall'] / r['wall']:>7.2f}x")
+        r["session"].close()
+    tmp.cleanup()
 
 
 def print_table(rows, name: str, threads) -> None:

@@ -67,6 +67,8 @@ class Delta:
     layers: list[LayerDelta]
     keys: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    # Tensors a guard needs to rebuild its state from the ledger (D4S: each layer's residual).
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def is_finite(self) -> bool:
         return all(layer.is_finite() for layer in self.layers) and all(
@@ -90,6 +92,8 @@ class Delta:
             out[f"delta.{layer.name}.v"] = layer.v.detach().cpu().contiguous()
         for name, k in self.keys.items():
             out[f"keys.{name}"] = k.detach().cpu().contiguous()
+        for name, t in self.state.items():
+            out[f"state.{name}"] = t.detach().cpu().contiguous()
         return out
 
     @classmethod
@@ -106,7 +110,23 @@ class Delta:
             for name in transposed
         ]
         keys = {n[len("keys."):]: t for n, t in tensors.items() if n.startswith("keys.")}
-        return cls(method, layers, keys, dict(info or {}))
+        state = {n[len("state."):]: t for n, t in tensors.items() if n.startswith("state.")}
+        return cls(method, layers, keys, dict(info or {}), state)
+
+    def plus(self, other: "Delta") -> "Delta":
+        """This change followed by `other` as one Delta: factors of a weight both touch are
+        concatenated (ΔW = [U₁ U₂][V₁ V₂]ᵀ), keys and state kept from `self`."""
+        layers = list(self.layers)
+        where = {d.name: i for i, d in enumerate(layers)}
+        for d in other.layers:
+            if d.name not in where:
+                where[d.name] = len(layers)
+                layers.append(d)
+                continue
+            a = layers[where[d.name]]
+            layers[where[d.name]] = LayerDelta(a.name, torch.cat([a.u, d.u.to(a.u.dtype)], 1),
+                                               torch.cat([a.v, d.v.to(a.v.dtype)], 1), a.transposed)
+        return Delta(self.method, layers, dict(self.keys), dict(self.info), dict(self.state))
 
 
 @dataclass

@@ -28,6 +28,8 @@ from ..data import EditRequest
 from ..editors.base import Delta, EditContext, SolveError
 from ..metrics.base import EvalResult
 from . import peft_export
+from ..editors.accumulated import AccumulatedDelta
+from . import guarding
 from .base_weights import BaseWeights
 from .checks import (MAX_DELTA_RATIO, apply_delta, as_requests, check_editor,
                      check_session_options, check_structure, refusal, split_done,
@@ -84,13 +86,14 @@ class EditSession:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, method: Any = "memit", *,
                  spec: Any = None, stats: Any = None, stats_options: dict | None = None,
                  ledger_dir: str | Path | None = None, seed: int = 0,
-                 evaluators: Any = None, eval_every: int | None = None,
+                 evaluators: Any = None, eval_every: int | None = None, guards: Any = None,
                  max_delta_ratio: float = MAX_DELTA_RATIO, **config: Any) -> None:
         evaluators = check_evaluators(evaluators, eval_every)
         check_session_options(seed, max_delta_ratio)
         self._tmp = self._ledger = None
         self._setup(model, tokenizer, method, spec, stats, stats_options, seed, config)
         self._max_delta_ratio = float(max_delta_ratio)
+        self._start_guards(guarding.build_guards(guards, self._editor, self.spec))
         fingerprints = {}
         for layer in self._editor.layers:  # before any weight can move
             name = self.spec.mlp_out_weight_name(layer)
@@ -100,6 +103,7 @@ class EditSession:
             "created": _now(), "session_id": uuid.uuid4().hex, "method": self.method,
             "config": config_dict(self._editor.config), "config_hash": self.config_hash,
             "seed": seed, "max_delta_ratio": self._max_delta_ratio,
+            "guards": guarding.manifest_entry(self._guards),
             "model": model_identity(model, self.spec), "base_fingerprint": fingerprints,
             "model_fingerprint": model_fingerprint(model),
         }
@@ -136,6 +140,17 @@ class EditSession:
                                       layers_hint=self._editor.layers)
         self._ctx = EditContext(tokenizer, self.spec, self._moments, seed)
         self._base = BaseWeights(model)
+        self._accumulated = AccumulatedDelta()
+        self._guards: list = []
+
+    def _start_guards(self, guards: list) -> None:
+        """Guards read W₀: its copies are taken now, while the model is the base model."""
+        self._guards = guards
+        self._gctx = guarding.context(self.model, self.spec, self._editor, self._ctx,
+                                      self._accumulated, self._base)
+        if guards:
+            self._base.snapshot(self.spec.mlp_out_weight_name(layer)
+                                for layer in self._editor.layers)
 
     def _start_evaluations(self, evaluators: list, every: int | None) -> None:
         """Prepare the evaluators while the model is still the base model."""
@@ -151,7 +166,8 @@ class EditSession:
     def resume(cls, directory: str | Path, model: torch.nn.Module, tokenizer: Any, *,
                method: Any = None, spec: Any = None, stats: Any = None,
                stats_options: dict | None = None, progress: bool = True,
-               evaluators: Any = None, eval_every: int | None = None) -> "EditSession":
+               evaluators: Any = None, eval_every: int | None = None,
+               guards: Any = None) -> "EditSession":
         """Reopen a session directory (after a crash, or a `save`) on a freshly loaded *base*
         model: repair what a crash left, check the model is the recorded base, prepare the
         evaluators on it, replay every live edit in ledger order (weights, then
@@ -160,6 +176,7 @@ class EditSession:
 
         method: None recreates the editor from the manifest via the registry; pass the Editor
         instance for editors outside it (its name and config must match the manifest's).
+        guards: None rebuilds the recorded guards; given ones must be the recorded ones.
         """
         evaluators = check_evaluators(evaluators, eval_every)
         ledger = Ledger.open(directory)
@@ -184,13 +201,16 @@ class EditSession:
             check_same_editor(directory, manifest, self.method, self._editor.config)
             check_config_hashes(ledger, self.method, self._editor.config)
             check_base_model(model, self.spec, manifest, ledger.fingerprints)
+            self._start_guards(guarding.rebuild(manifest.get("guards", []), guards,
+                                                self._editor, self.spec, directory))
             self._claim_model()
             self._ledger = ledger
             for name in ledger.fingerprints:  # the base weights, before replay moves them
                 self._w0_norm(name)
             self._start_evaluations(evaluators, eval_every)
             restore_memo(self._ctx.memo, ledger.memo)
-            replay(ledger, self._editor, self._moments, self._apply, progress=progress)
+            replay(ledger, self._editor, self._guards, self._moments, self._apply,
+                   progress=progress)
             return self
         except BaseException:
             ledger.close()
@@ -223,6 +243,8 @@ class EditSession:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         requests = as_requests(requests)
         validate_requests(requests, self.tokenizer, self.spec, self._ledger)
+        for guard in self._guards:
+            guard.plan(requests)
         todo, done = (split_done(requests, self._ledger) if skip_done
                       else (list(range(len(requests))), {}))
         results: list[EditResult | None] = [None] * len(requests)
@@ -247,11 +269,22 @@ class EditSession:
         clock = _Clock()
         pre = self._probe(batch, probe)
         clock.lap("probe_pre_s")
+        self._gctx.step = edit_id
+        solving = guarding.solver(self._guards)
         try:
-            delta = self._editor.compute(self.model, batch, self._ctx)
+            delta = (solving.solve(batch, self._gctx) if solving is not None
+                     else self._editor.compute(self.model, batch, self._ctx))
         except SolveError as err:
             delta, reason = None, f"the editor could not solve this edit: {err.reason}"
         clock.lap("compute_s")
+        if delta is not None:
+            check_structure(self.model, self.method, delta)
+            try:
+                for guard in self._guards:
+                    delta = guard.guard(delta, batch, self._gctx)
+            except SolveError as err:
+                delta, reason = None, f"a guard could not solve this edit: {err.reason}"
+            clock.lap("guards_s")
         if delta is not None:
             check_structure(self.model, self.method, delta)
             reason = refusal(delta, self.model, self._w0_norm,
@@ -308,7 +341,8 @@ class EditSession:
             post = self._probe(batch, probe)
             clock.lap("probe_post_s")
             live = len(self._ledger.live_entries()) + 1
-            evaluations = self._evals.after_edit(batch, edit_id + 1, live)
+            with guarding.viewed(self.model, self._guards, self._gctx):
+                evaluations = self._evals.after_edit(batch, edit_id + 1, live)
             clock.lap("after_each_s")
             times = clock.total()
             ok = [success(r, p) if p else None for r, p in zip(batch, post)]
@@ -325,6 +359,10 @@ class EditSession:
             if applied:
                 self._apply(delta, -1.0)
             raise
+        # Guard state follows the commit point (pure arithmetic on what the line names), so no
+        # failure path has to invert it; replay does the same.
+        for guard in self._guards:
+            guard.commit(delta)
         clock.lap("ledger_s")
         self._crash_point("committed")
         log.debug("edit %d applied (%d request(s), %.3fs)", edit_id, len(batch), times["total_s"])
@@ -340,7 +378,8 @@ class EditSession:
         step = self._ledger.next_edit_id
         if not self._evals.evaluators or not (force or self._evals.due(step)):
             return []
-        results = self._evals.run(step, len(self._ledger.live_entries()))
+        with guarding.viewed(self.model, self._guards, self._gctx):
+            results = self._evals.run(step, len(self._ledger.live_entries()))
         stopping = stop_requested(results)
         if stopping:
             raise EvaluationStop(stopping)
@@ -351,7 +390,8 @@ class EditSession:
         evaluator in the order given; a result the ledger already holds for this step is
         returned, not recomputed."""
         self._ledger.ensure_writable()
-        return self._evals.run(self._ledger.next_edit_id, len(self._ledger.live_entries()))
+        with guarding.viewed(self.model, self._guards, self._gctx):
+            return self._evals.run(self._ledger.next_edit_id, len(self._ledger.live_entries()))
 
     @property
     def evaluations(self) -> list[EvalResult]:
@@ -391,7 +431,9 @@ class EditSession:
 
     def _apply(self, delta: Delta, alpha: float) -> dict[str, dict[str, float]]:
         self._moments.base_intact = False  # from here on, new statistics would be wrong
-        return apply_delta(self.model, delta, alpha)
+        stats = apply_delta(self.model, delta, alpha)
+        self._accumulated.add(delta, alpha)
+        return stats
 
     # -- undoing, saving, exporting ---------------------------------------------------------
     def rollback(self, edit_id: int) -> None:
@@ -410,22 +452,28 @@ class EditSession:
             raise RollbackError(f"edit {edit_id} is already rolled back")
         delta = self._ledger.load_delta(entry)
         start = time.perf_counter()
+        undo = guarding.undo(self._guards, delta, self._gctx)
+        line = {"type": "rollback", "edit_id": entry.edit_id, "time": _now(),
+                "seqedit_version": __version__}
+        if undo is not None:
+            line["delta"] = self._ledger.write_delta(entry.edit_id, undo, rollback=True)
         undone = reverted = False
         try:
-            stats = self._apply(delta, -1.0)
+            stats = self._apply(delta, -1.0) if undo is None else self._apply(undo, 1.0)
             undone = True
             self._crash_point("unapplied")
             self._editor.revert(delta)
             reverted = True
-            self._ledger.append({"type": "rollback", "edit_id": entry.edit_id, "time": _now(),
-                                 "seqedit_version": __version__, "layer_stats": stats,
+            self._ledger.append({**line, "layer_stats": stats,
                                  "timings": {"total_s": time.perf_counter() - start}})
         except BaseException:
             if reverted:
                 self._editor.commit(delta)
             if undone:
-                self._apply(delta, 1.0)
+                self._apply(delta, 1.0) if undo is None else self._apply(undo, -1.0)
             raise
+        for guard in reversed(self._guards):
+            guard.revert(delta, undo)
         log.info("edit %d rolled back", entry.edit_id)
 
     @property
@@ -456,13 +504,14 @@ class EditSession:
     def export_peft(self, directory: str | Path, rank: int | None = None) -> dict[str, Any]:
         """Write the live edits' accumulated ΔW as a PEFT LoRA adapter; returns the report
         (also in `seqedit_export.json`), with the relative Frobenius error of any truncation."""
-        us: dict[str, list[torch.Tensor]] = {}
-        vs: dict[str, list[torch.Tensor]] = {}
+        edits: dict[str, int] = {}
         for entry in self._ledger.live_entries():
-            for d in self._ledger.load_delta(entry).layers:
-                us.setdefault(d.name, []).append(d.u)
-                vs.setdefault(d.name, []).append(d.v)
-        factors = {name: (us[name], vs[name], len(us[name])) for name in us}
+            for layer in entry.delta["layers"]:
+                edits[layer["name"]] = edits.get(layer["name"], 0) + 1
+        factors = {}
+        for name in edits:  # a weight whose edits were all rolled back has nothing to export
+            u, v = self._accumulated.factors(name)
+            factors[name] = ([u], [v], edits[name])
         return peft_export.write_adapter(directory, self.model, factors, rank=rank)
 
     def close(self) -> None:

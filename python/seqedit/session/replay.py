@@ -130,11 +130,12 @@ def check_base_model(model: torch.nn.Module, spec: Any, manifest: dict[str, Any]
             + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
 
 
-def replay(ledger: Ledger, editor: Any, moments: SecondMoments,
+def replay(ledger: Ledger, editor: Any, guards: list[Any], moments: SecondMoments,
            apply: Callable[[Delta, float], Any], *, progress: bool = True) -> None:
     """Redo the ledger's weight history step by step, as the run made it: every applied edit
-    (weights, then `editor.commit`) and every rollback (weights, then `editor.revert`), in ledger
-    order, one fused update per step. The same additions in the same order and grouping give
+    (weights, then `editor.commit`, then each guard's) and every rollback (its recorded
+    correction, or the edit subtracted; then the reverts), in ledger order, one fused update
+    per step. The same additions in the same order and grouping give
     the same bits, so the rebuilt model equals the one the run had (an edit later rolled back
     is applied and undone, as it was: W + ΔW − ΔW is not W in floating point). Statistics the
     run computed are computed first: they must see the base weights."""
@@ -151,6 +152,14 @@ def replay(ledger: Ledger, editor: Any, moments: SecondMoments,
         if kind == "edit":
             apply(delta, 1.0)
             editor.commit(delta)
-        else:
+            for guard in guards:
+                guard.commit(delta)
+            continue
+        undo = ledger.load_undo(edit_id)
+        if undo is None:
             apply(delta, -1.0)
-            editor.revert(delta)
+        else:
+            apply(undo, 1.0)
+        editor.revert(delta)
+        for guard in reversed(guards):
+            guard.revert(delta, undo)

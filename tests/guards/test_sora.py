@@ -1,0 +1,49 @@
+"""SORA (experimental): re-solving an edit with preservation targets for its GORA outliers."""
+from __future__ import annotations
+
+import pytest
+
+from seqedit import EditSession
+from seqedit.data import EditRequest
+from seqedit.guards import GuardError
+from seqedit.models import tiny
+
+DOCS = [f"Document {i}: the river flows north through the old city where the king was born. "
+        * (i % 5 + 1) for i in range(60)]
+FAST = {"v_num_grad_steps": 6, "context_template_starts": ("The", "I"),
+        "context_template_length": 4}
+NAMES = ["Anna", "Boris", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jun",
+         "Kofi", "Lena", "Mira", "Nils", "Omar", "Pia", "Quin", "Rosa", "Sami", "Tara"]
+PROBES = [EditRequest(prompt="{} was born in", subject=f"{n} {m}", target_true="Paris",
+                      target_new="Rome", case_id=f"p{i}")
+          for i, (n, m) in enumerate((n, m) for n in NAMES[:6] for m in NAMES[6:12])]
+
+
+def options(tmp_path):
+    return {"corpus": DOCS, "max_tokens": 3000, "cache_dir": tmp_path / "cache", "progress": False}
+
+
+def test_sora_shrinks_the_outliers_drift_and_keeps_the_edit(tmp_path, one_thread):
+    model, tok = tiny("llama", seed=0)
+    guard = {"name": "sora", "probes": PROBES, "n_probes": len(PROBES), "z_threshold": None,
+             "top_q": 0.1, "max_outliers": 3, "layer": 1}
+    edit = EditRequest(prompt="The capital of {} is", subject="Country 0", target_new="Paris",
+                       target_true="Rome", case_id=0)
+    with EditSession(model, tok, "memit", layers=[0, 1], stats_options=options(tmp_path),
+                     guards=[guard], **FAST) as s:
+        (result,) = s.edit([edit], progress=False)
+        assert result.status == "applied"
+        info = next(s.records())["info"]["guards"]["sora"]
+    assert info["re_solved"] and len(info["outliers"]) == 3
+    # a tiny random model's keys are close to collinear, so the drift shrinks by a quarter here
+    assert info["outlier_change_sora"] < 0.9 * info["outlier_change_proposed"]
+    assert result.post["new"] > result.pre["new"]
+
+
+def test_sora_needs_memit(tmp_path):
+    model, tok = tiny("llama", seed=0)
+    with pytest.raises(GuardError, match="needs method 'memit'"):
+        EditSession(model, tok, "rome", layer=1, guards=[{"name": "sora", "probes": PROBES}])
+    with pytest.raises(GuardError, match="max_outliers"):
+        EditSession(model, tok, "memit", layers=[0, 1],
+                    guards=[{"name": "sora", "probes": PROBES, "max_outliers": 0}])
