@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..editors import _solve
 from ..editors import keys as _keys
 from ..editors import values as _values
 from ..editors.base import Delta, LayerDelta, SolveError
+from ..editors.memit import MemitEditor, memit_factor, resolve_targets
 from .base import GuardBase, GuardContext, GuardError, record
 
 
@@ -82,8 +81,15 @@ class _Layer:
     delta: torch.Tensor  # Δ = S_RK (λC + S_KK)⁻¹, [d_out, d_in]
 
 
-def _request_key(request) -> str:
-    return json.dumps(request.to_dict(), sort_keys=True, ensure_ascii=False)
+def _factor(a: torch.Tensor, what: str) -> torch.Tensor:
+    """Cholesky factor of λC + Σ KKᵀ. λC was checked once, finite and well-conditioned
+    (`memit_factor`); adding the PSD Σ KKᵀ keeps it positive definite and can only raise its
+    smallest eigenvalue, so a failure here means non-finite keys or corrupt state."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+        raise SolveError(f"{what}: λ·C + Σ KKᵀ is not positive definite (Cholesky failed at "
+                         f"column {int(info)}); the accumulated keys are not finite or corrupt")
+    return chol
 
 
 @contextlib.contextmanager
@@ -112,8 +118,6 @@ class D4SGuard(GuardBase):
         self._targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # plan index → (z, R)
 
     def bind(self, editor: Any, spec: Any) -> None:
-        from ..editors.memit import MemitEditor
-
         if not isinstance(editor, MemitEditor):
             raise GuardError(f"d4s re-solves MEMIT's least squares over every edit so far; it "
                              f"needs MEMIT's key/residual form (method 'memit'), not "
@@ -136,12 +140,10 @@ class D4SGuard(GuardBase):
         lam = cfg.mom2_update_weight
         layers = sorted(cfg.layers)
         device = _keys.model_device(model)
-        moments = {layer: _solve.second_moment(ctx.edit_ctx, layer, spec.mlp_hidden_size)
+        moments = {layer: memit_factor(ctx.edit_ctx, layer, lam, spec.mlp_hidden_size, "cpu")[0]
                    for layer in layers}
         out, state, info = [], {}, {}
         with ctx.unedited():
-            from ..editors.memit import resolve_targets
-
             mode = resolve_targets(model, ctx.edit_ctx, cfg)
             templates = _keys.context_templates(model, ctx.edit_ctx.tokenizer, ctx.edit_ctx,
                                                 starts=cfg.context_template_starts,
@@ -160,11 +162,8 @@ class D4SGuard(GuardBase):
                 r = self._residual(found, z, residual, mode, layers, i)
                 if not bool(torch.isfinite(k).all() and torch.isfinite(r).all()):
                     raise SolveError(f"D4S at layer {layer}: non-finite keys or residual")
-                a = lam * moments[layer].to(torch.float64).cpu() + held.s_kk + k @ k.T
-                chol, problem = _solve.spd_factor(a)
-                if problem is not None:
-                    raise SolveError(f"D4S at layer {layer}: λ·C + Σ KKᵀ {problem}")
-                v = torch.cholesky_solve(k, chol)  # A_n⁻¹ K
+                v = torch.cholesky_solve(k, _factor(lam * moments[layer] + held.s_kk + k @ k.T,
+                                                    f"D4S at layer {layer}"))  # A_n⁻¹ K
                 u = r - held.delta @ k
                 below[layer] = (held.delta + u @ v.T).to(device)
                 out.append(LayerDelta(name, u, v, bool(spec.mlp_out_transposed)))
@@ -274,10 +273,9 @@ class D4SGuard(GuardBase):
         for name, _, k, r in self._parts(delta):
             held = self._layers[name]
             layer = next(i for i in ctx.editor.config.layers if ctx.spec.mlp_out_weight_name(i) == name)
-            c = _solve.second_moment(ctx.edit_ctx, layer, k.shape[0]).to(torch.float64).cpu()
-            chol, problem = _solve.spd_factor(lam * c + held.s_kk - k @ k.T)
-            if problem is not None:
-                raise SolveError(f"D4S rollback at {name}: λ·C + Σ KKᵀ without this edit {problem}")
+            c = memit_factor(ctx.edit_ctx, layer, lam, k.shape[0], "cpu")[0]
+            chol = _factor(lam * c.to(torch.float64) + held.s_kk - k @ k.T,
+                           f"D4S rollback at {name} (without this edit)")
             out.append(LayerDelta(name, held.delta @ k - r, torch.cholesky_solve(k, chol),
                                   bool(ctx.spec.mlp_out_transposed)))
         return Delta(delta.method, out, {}, {"d4s_rollback": True})
