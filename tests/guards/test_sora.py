@@ -47,3 +47,24 @@ def test_sora_needs_memit(tmp_path):
     with pytest.raises(GuardError, match="max_outliers"):
         EditSession(model, tok, "memit", layers=[0, 1],
                     guards=[{"name": "sora", "probes": PROBES, "max_outliers": 0}])
+
+
+@pytest.mark.slow
+def test_sora_on_smollm2_lowers_the_ripple_and_keeps_the_edit(tmp_path):
+    from seqedit.models import load
+
+    try:
+        model, tok = load("smollm2-135m")
+    except FileNotFoundError as err:
+        pytest.skip(f"packaged SmolLM2 not installed: {err}")
+    stats = {"max_tokens": 5_000, "cache_dir": tmp_path / "stats", "progress": False}
+    edit = EditRequest(prompt="The mother tongue of {} is", subject="Danielle Darrieux",
+                       target_new="English", target_true="French", case_id="darrieux")
+    guard = {"name": "sora", "n_probes": 100, "max_outliers": 8}
+    with EditSession(model, tok, "memit", stats_options=stats, guards=[guard]) as s:
+        (result,) = s.edit([edit], progress=False)
+        info = next(s.records())["info"]["guards"]["sora"]
+    assert result.status == "applied" and result.success, (result.pre, result.post)
+    assert info["re_solved"], info
+    assert info["outlier_change_sora"] < info["outlier_change_proposed"], info
+    assert info["change_mean_sora"] < info["change_mean_proposed"], info
