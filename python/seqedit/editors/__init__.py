@@ -11,10 +11,13 @@ import torch
 from .alphaedit import AlphaEditConfig, AlphaEditEditor
 from .base import Delta, EditContext, Editor, LayerDelta, SolveError, StatelessEditor
 from .config import EditorConfig
+from .encore import EncoreConfig, EncoreEditor
 from .ft import FTConfig, FTEditor
 from .memit import MemitConfig, MemitEditor
 from .registry import EDITORS, register_editor
 from .rome import RomeConfig, RomeEditor
+
+register_editor("encore", EncoreEditor, EncoreConfig)
 
 
 def create(name: str | Editor, spec, **overrides) -> Editor:
@@ -49,5 +52,5 @@ __all__ = [
     "EDITORS", "register_editor", "create", "EditorConfig", "Delta", "LayerDelta", "EditContext",
     "Editor", "StatelessEditor", "SolveError",
     "RomeConfig", "RomeEditor", "MemitConfig", "MemitEditor", "AlphaEditConfig", "AlphaEditEditor",
-    "FTConfig", "FTEditor",
+    "FTConfig", "FTEditor", "EncoreConfig", "EncoreEditor",
 ]

@@ -115,16 +115,18 @@ class AlphaEditEditor:
         for layer in cfg.layers:  # refuse bad statistics before the value optimisation
             self.projector(layer, ctx)
 
+        alpha = cfg.l2_weight + cfg.update_norm_weight  # ENCORE's μ‖ΔW‖² adds to α‖ΔP‖² (norm.py)
+
         def solve(layer, k, r):
             p = self.projector(layer, ctx, k.shape[0]).to(k.device)
             s = k @ k.T + self.past_keys_gram(spec.mlp_out_weight_name(layer), k.shape[0]).to(k.device)
-            m = p @ s + cfg.l2_weight * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+            m = p @ s + alpha * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
             pk = p @ k
             if not bool(torch.isfinite(m).all()):
                 raise SolveError(f"AlphaEdit at layer {layer}: non-finite system (the committed edits' "
                                  "key Gram matrix has overflowed or is corrupt)")
             v, info = torch.linalg.solve_ex(m, pk)
-            energy, floor = float((v * pk).sum()), cfg.l2_weight * float((v * v).sum())
+            energy, floor = float((v * pk).sum()), alpha * float((v * v).sum())
             if int(info) != 0 or not energy >= (1 - _ENERGY_SLACK) * floor:
                 raise SolveError(
                     f"AlphaEdit at layer {layer}: the system P·S + αI is singular or indefinite "

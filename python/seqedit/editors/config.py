@@ -77,6 +77,10 @@ class ValueConfig(EditorConfig):
     # margin 0 kept 19/20 MEMIT edits, margin 1 kept 99/100. The default 0 is the bare argmax this
     # flag meant before the field existed (ledgers written then resume with it).
     argmax_margin: float = 0.0
+    # With early_stop_on_argmax: stop at the argmax_patience-th forward at which the target leads
+    # (counted, not necessarily in a row). ENCORE's MPES runs with 2-4 (its negative prob_cutoff,
+    # editors/encore.py); 1 stops at the first, which is what the flag did before this field.
+    argmax_patience: int = 1
     kl_prompt: str = "{} is a"
     context_template_starts: tuple[str, ...] = DEFAULT_STARTS
     context_template_length: int = 10
@@ -104,6 +108,8 @@ class ValueConfig(EditorConfig):
             yield f"early_stop_loss must be >= 0, got {self.early_stop_loss}"
         if not self.argmax_margin >= 0:
             yield f"argmax_margin must be >= 0, got {self.argmax_margin}"
+        if not self.argmax_patience >= 1:
+            yield f"argmax_patience must be >= 1, got {self.argmax_patience}"
         if self.kl_prompt.count("{}") != 1:
             yield f"kl_prompt must contain exactly one '{{}}', got {self.kl_prompt!r}"
         if not (isinstance(self.context_template_length, int) and self.context_template_length >= 1):

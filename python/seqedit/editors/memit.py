@@ -38,6 +38,7 @@ import torch
 from . import keys as _keys
 from . import values as _values
 from . import _solve
+from . import norm as _norm
 from .base import Delta, EditContext, LayerDelta, SolveError, StatelessEditor
 from .config import ValueConfig, check_layers, clamp_for, weight_decay_for
 
@@ -57,10 +58,16 @@ class LayerBandConfig(ValueConfig):
     "block" when every edited block adds its MLP output to the residual stream unchanged, else
     "mlp_out" (blocks that normalise the MLP output first, like Gemma-2/3's, distort a
     residual-space target beyond what the least-squares write can follow).
+
+    Norm control (norm.py, both off by default): update_norm_weight — ENCORE's μ‖ΔW‖²_F added to
+    the least-squares objective; nas_anchor — NAS's reference norms, one per target site (one for
+    "block", one per edited layer for "mlp_out"; empty: off), measured by norm.measure_anchor.
     """
 
     layers: tuple[int, ...] = (0,)
     targets: str = "auto"
+    update_norm_weight: float = 0.0
+    nas_anchor: tuple[float, ...] = ()
 
     def _problems(self, spec):
         yield from super()._problems(spec)
@@ -69,6 +76,13 @@ class LayerBandConfig(ValueConfig):
             yield f"layers {list(self.layers)} reach above v_loss_layer {self.loss_layer(spec)}"
         if self.targets not in TARGETS:
             yield f"targets must be one of {', '.join(TARGETS)}, got {self.targets!r}"
+        if not self.update_norm_weight >= 0:
+            yield f"update_norm_weight must be >= 0, got {self.update_norm_weight}"
+        if not all(a > 0 for a in self.nas_anchor):
+            yield f"nas_anchor norms must be > 0, got {list(self.nas_anchor)}"
+        if len(self.nas_anchor) not in (0, 1, len(self.layers)):
+            yield (f"nas_anchor needs one norm per target site (1 for 'block' targets, "
+                   f"{len(self.layers)} for 'mlp_out'), got {len(self.nas_anchor)}")
 
     @classmethod
     def _band_build(cls, spec, overrides: dict, **extra):
@@ -127,6 +141,9 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     wrote their targets; above 1: the update moved the hidden state *away* from them (what
     "block" targets do on blocks that normalise the MLP output). Such an edit may still flip the
     prediction, by wrecking the hidden state; it is logged.
+
+    With `cfg.nas_anchor` the targets are NAS-rescaled before any layer writes (norm.py), and
+    the gap is measured against those targets.
     """
     spec, tok = ctx.spec, ctx.tokenizer
     layers = sorted(cfg.layers)
@@ -142,6 +159,10 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
                                     cfg=cfg)
         z = res.v_star.double().reshape(len(requests), len(layers), -1)  # [b, |L|, d]
         reads = {"mlp_outs": layers}
+
+    moved, nas_info = res.delta.double(), {}
+    if cfg.nas_anchor:
+        z, moved, nas_info = _norm.nas_targets(model, ctx, requests, res, layers, mode, cfg.nas_anchor)
 
     def current(found) -> torch.Tensor:  # the bare-prompt states z targets, [b, 1 or |L|, d]
         names = [("bare_block", layers[-1])] if mode == "block" else [("bare_mlp_out", x) for x in layers]
@@ -173,14 +194,14 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     with _keys.added_deltas(model, spec, factors):
         after = _keys.compute_keys(model, spec, tok, requests, (("{}",),), [], **reads)
     left = (z - current(after)).flatten(1).norm(dim=1)
-    start = res.delta.double().reshape(len(requests), -1).norm(dim=1)
+    start = moved.reshape(len(requests), -1).norm(dim=1)
     # δ = 0 (target reached before any step): nothing to write, so nothing is left to write
     # (what `left` then holds is rounding between two forwards of different batch shapes).
     gap = [float(a / b) if b > 0 else 0.0 for a, b in zip(left, start)]
     if any(g > 1 for g in gap):
         log.warning("%s: the update moved the edited layers away from their targets (gap ratio %s)",
                     cfg.__class__.__name__, ", ".join(f"{g:.2f}" for g in gap))
-    return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap, "targets": mode}
+    return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap, "targets": mode} | nas_info
 
 
 def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:
@@ -194,9 +215,11 @@ def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str, hint: str = "") 
     return torch.cholesky_solve(b, chol)
 
 
-def memit_factor(ctx: EditContext, layer: int, lam: float, d_in: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def memit_factor(ctx: EditContext, layer: int, lam: float, d_in: int, device,
+                 mu: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(C, Cholesky factor of λC) for `layer`: C validated, the factor memoised per session
     (ctx.derived); SolveError where no edit at this layer can be solved (C malformed or indefinite).
+    With ENCORE's norm term (μ > 0, norm.py) λC stands for λC + μI here and in `memit_solve`.
 
     The factor is None where λC cannot serve the fast path (λ = 0, or λC singular or
     ill-conditioned) and the direct path must factor λC + KKᵀ per edit. Called once per layer
@@ -205,20 +228,20 @@ def memit_factor(ctx: EditContext, layer: int, lam: float, d_in: int, device) ->
     c = _solve.second_moment(ctx, layer, d_in)
 
     def factorise(c):
-        if not lam > 0:
+        if not (lam > 0 or mu > 0):
             return _solve.Factor(None, None)
         c64 = c.to(device, torch.float64)
-        chol, _ = _solve.spd_factor(lam * c64)
+        chol, _ = _solve.spd_factor(_norm.regularised(lam * c64, mu))
         return _solve.Factor(chol, None if chol is not None else _solve.indefinite(c64))
 
-    factor = ctx.derived(("memit_factor", layer, float(lam), str(device)), c, factorise)
+    factor = ctx.derived(("memit_factor", layer, float(lam), str(device), float(mu)), c, factorise)
     if factor.refusal is not None:
         raise SolveError(f"MEMIT at layer {layer}: key statistics C {factor.refusal}; recompute them "
                          "on the unedited model (seqedit.stats.second_moments)")
     return c, factor.chol
 
 
-def memit_solve(ctx: EditContext, layer: int, lam: float, k: torch.Tensor) -> torch.Tensor:
+def memit_solve(ctx: EditContext, layer: int, lam: float, k: torch.Tensor, mu: float = 0.0) -> torch.Tensor:
     """(λC + KKᵀ)⁻¹K, float64, for keys k [d_in, b]; SolveError when it cannot be solved safely.
 
     C is the same for every edit of a session, so the Cholesky factor of λC is computed once per
@@ -233,7 +256,7 @@ def memit_solve(ctx: EditContext, layer: int, lam: float, k: torch.Tensor) -> to
     if not bool(torch.isfinite(k).all()):
         raise SolveError(f"MEMIT at layer {layer}: the edit's keys have non-finite entries")
     d_in = k.shape[0]
-    c, chol = memit_factor(ctx, layer, lam, d_in, k.device)
+    c, chol = memit_factor(ctx, layer, lam, d_in, k.device, mu)
     if chol is None:
         if lam > 0:
             hint = (f"λ·C alone is singular or ill-conditioned (rank-deficient statistics) and the "
@@ -242,7 +265,7 @@ def memit_solve(ctx: EditContext, layer: int, lam: float, k: torch.Tensor) -> to
         else:
             hint = (f"mom2_update_weight is 0, so the system is KKᵀ alone, singular with fewer than "
                     f"d_in = {d_in} independent keys: use mom2_update_weight > 0")
-        a = lam * c.to(k.device, torch.float64) + k @ k.T
+        a = _norm.regularised(lam * c.to(k.device, torch.float64), mu) + k @ k.T
         return cholesky_solve(a, k, f"MEMIT at layer {layer}: λ·C + KKᵀ", hint)
     y = torch.cholesky_solve(k, chol)
     small = torch.eye(k.shape[1], dtype=k.dtype, device=k.device) + k.T @ y
@@ -269,13 +292,16 @@ class MemitEditor(StatelessEditor):
         if not requests:
             raise ValueError("no requests to edit")
         device = _keys.model_device(model)
+        lam, mu = cfg.mom2_update_weight, cfg.update_norm_weight
         for layer in cfg.layers:
-            memit_factor(ctx, layer, cfg.mom2_update_weight, ctx.spec.mlp_hidden_size, device)
+            memit_factor(ctx, layer, lam, ctx.spec.mlp_hidden_size, device, mu)
 
         def solve(layer, k, r):
-            return memit_solve(ctx, layer, cfg.mom2_update_weight, k)
+            return memit_solve(ctx, layer, lam, k, mu)
 
         deltas, keys, info = layer_loop(model, requests, ctx, cfg, solve)
-        info["mom2_update_weight"] = cfg.mom2_update_weight
+        info["mom2_update_weight"] = lam
+        if mu:
+            info["update_norm_weight"] = mu
         # MEMIT needs no state, but its keys are what history-keeping guards (D4S) accumulate.
         return Delta(self.name, deltas, keys, info)

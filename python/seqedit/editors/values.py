@@ -13,8 +13,8 @@ edited layer at each mlp_out output) at the subject's last token of every rewrit
                                                    summed over sites when there are several)
 
 minimised with Adam(v_lr) for at most v_num_grad_steps forwards; a request stops when its loss
-< early_stop_loss (or, optionally, once its target beats every other token by more than
-argmax_margin nats at every scored position); after every update
+< early_stop_loss (or, optionally, at the argmax_patience-th forward at which its target beats
+every other token by more than argmax_margin nats at every scored position); after every update
 ‖δ‖ is clamped to clamp_norm_factor · ‖v_init‖. The KL term is torch's
 `kl_div(init, cur, log_target=True)`, i.e. KL(current ‖ initial) — what upstream computes, even
 though its docs call it the other way round. v* = v_init + δ.
@@ -149,6 +149,7 @@ def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace
     delta = torch.zeros(b, n_sites, width, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.v_lr)
     active = torch.ones(b, dtype=torch.bool)
+    leading = torch.zeros(b, dtype=torch.long)  # forwards at which the target led (argmax stop)
     steps, p_first, p_last, last_loss = [0] * b, [0.0] * b, [0.0] * b, [0.0] * b
     trajectory: list[list[torch.Tensor]] = [[] for _ in range(b)]
     kl_init = v_init = None
@@ -172,7 +173,8 @@ def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace
             loss = loss_t.detach().cpu()
         stop = (loss < cfg.early_stop_loss) | (it == cfg.v_num_grad_steps - 1)
         if cfg.early_stop_on_argmax:
-            stop |= _leads(lp_t.detach(), tok_lp.detach(), p, cfg.argmax_margin)
+            leading += _leads(lp_t.detach(), tok_lp.detach(), p, cfg.argmax_margin)
+            stop |= leading >= cfg.argmax_patience
         stop &= active
         for i in range(b):
             if it == 0:
