@@ -126,6 +126,8 @@ def test_d4s_needs_memits_key_residual_form(tmp_path):
         EditSession(model, tok, "alphaedit", layers=LAYERS, ledger_dir=tmp_path / "a",
                     guards=["d4s"])
     assert not (tmp_path / "a").exists()
+    with pytest.raises(GuardError, match="does not apply the editor's nas_anchor"):
+        EditSession(model, tok, "memit", layers=LAYERS, nas_anchor=(3.0,), guards=["d4s"])
     with pytest.raises(GuardError, match="target_batch"):
         EditSession(model, tok, "memit", layers=LAYERS, guards=[{"name": "d4s", "target_batch": 0}])
 

@@ -42,8 +42,11 @@ def test_sora_shrinks_the_outliers_drift_and_keeps_the_edit(tmp_path, one_thread
 
 def test_sora_needs_memit(tmp_path):
     model, tok = tiny("llama", seed=0)
-    with pytest.raises(GuardError, match="needs method 'memit'"):
+    with pytest.raises(GuardError, match="MEMIT's key/residual form"):
         EditSession(model, tok, "rome", layer=1, guards=[{"name": "sora", "probes": PROBES}])
+    with pytest.raises(GuardError, match="does not apply the editor's update_norm_weight"):
+        EditSession(model, tok, "memit", layers=[0, 1], update_norm_weight=1.0,
+                    guards=[{"name": "sora", "probes": PROBES}])
     with pytest.raises(GuardError, match="max_outliers"):
         EditSession(model, tok, "memit", layers=[0, 1],
                     guards=[{"name": "sora", "probes": PROBES, "max_outliers": 0}])

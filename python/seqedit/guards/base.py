@@ -109,6 +109,23 @@ class GuardBase:
         return None
 
 
+def require_plain_memit(guard: str, editor: Any) -> None:
+    """D4S and SORA solve MEMIT's least squares themselves: refuse any other editor, and MEMIT
+    options their solve would silently drop (ENCORE's norm term, NAS anchors)."""
+    from ..editors.memit import MemitEditor
+
+    if not isinstance(editor, MemitEditor):
+        raise GuardError(f"{guard} solves MEMIT's least squares itself; it needs MEMIT's "
+                         f"key/residual form (method 'memit'), not "
+                         f"{getattr(editor, 'name', type(editor).__name__)!r}")
+    cfg = editor.config
+    dropped = [f for f, off in (("update_norm_weight", 0.0), ("nas_anchor", ())) if
+               getattr(cfg, f, off) != off]
+    if dropped:
+        raise GuardError(f"{guard} does its own solve, which does not apply the editor's "
+                         f"{', '.join(dropped)}; use plain MEMIT with {guard}")
+
+
 def record(delta: Delta, name: str, entry: dict[str, Any]) -> None:
     """Put a guard's JSON-able record for this step into `delta.info["guards"][name]`."""
     delta.info.setdefault("guards", {})[name] = entry

@@ -41,8 +41,8 @@ import torch
 from ..editors import keys as _keys
 from ..editors import values as _values
 from ..editors.base import Delta, LayerDelta, SolveError
-from ..editors.memit import MemitEditor, memit_factor, resolve_targets
-from .base import GuardBase, GuardContext, GuardError, record
+from ..editors.memit import memit_factor, resolve_targets
+from .base import GuardBase, GuardContext, GuardError, record, require_plain_memit
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,7 @@ class D4SGuard(GuardBase):
         self._targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # plan index → (z, R)
 
     def bind(self, editor: Any, spec: Any) -> None:
-        if not isinstance(editor, MemitEditor):
-            raise GuardError(f"d4s re-solves MEMIT's least squares over every edit so far; it "
-                             f"needs MEMIT's key/residual form (method 'memit'), not "
-                             f"{getattr(editor, 'name', type(editor).__name__)!r}")
+        require_plain_memit("d4s", editor)
 
     def solves(self) -> bool:
         return True

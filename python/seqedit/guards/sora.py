@@ -31,7 +31,7 @@ import torch
 from ..editors import _solve
 from ..editors import keys as _keys
 from ..editors.base import Delta, LayerDelta, SolveError
-from .base import GuardBase, GuardContext, GuardError, record
+from .base import GuardBase, GuardContext, GuardError, record, require_plain_memit
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,7 @@ class SoraGuard(GuardBase):
         self._prepared = False
 
     def bind(self, editor: Any, spec: Any) -> None:
-        from ..editors.memit import MemitEditor
-
-        if not isinstance(editor, MemitEditor):
-            raise GuardError(f"sora re-solves MEMIT's least squares with preservation targets; it "
-                             f"needs method 'memit', not "
-                             f"{getattr(editor, 'name', type(editor).__name__)!r}")
+        require_plain_memit("sora", editor)
 
     def _prepare(self, ctx: GuardContext) -> None:
         from ..metrics.base import EvalContext
