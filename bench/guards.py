@@ -10,7 +10,7 @@ Protocols: "batch10" — the first 1,000 CounterFact edit records as 100 sequent
 directory under --runs (default /work/runs/guards/<model>-<protocol>/<config>); calling `run`
 again resumes it from its ledger (no edit lost or repeated) and goes on, so a run can be
 stopped at any point. Evaluators, every 100 edits (and at 0): editing metrics (efficacy right
-after each edit; retention of a seeded sample of at most 200 live edits after all, binary,
+after each edit from the session's probe, P(new) > P(true) on the rewrite prompt; retention of a seeded sample of at most 200 live edits after all, binary,
 token-level and generation-based; generalisation; specificity), weight health (mean |W|,
 σ_max(ΔW)/σ_max(W₀), condition number; after each step too) and the quick general probe
 (WikiText-2 perplexity over 4 articles, SST-2, CommonsenseQA-cloze; 200 documents each).
@@ -38,6 +38,7 @@ from seqedit.session.reader import read_run
 
 PROTOCOLS = {"batch10": {"n": 1000, "batch": 10}, "single": {"n": 300, "batch": 1}}
 EVAL_EVERY_EDITS = 100
+NAS_REQUESTS = 200
 # config name → (method, guards, editor options)
 CONFIGS = {
     "memit": ("memit", [], {}),
@@ -45,9 +46,9 @@ CONFIGS = {
     "memit+prune-posthoc": ("memit", [{"name": "prune", "mode": "posthoc"}], {}),
     "memit+d4s": ("memit", ["d4s"], {}),
     "memit+sora": ("memit", ["sora"], {}),
-    "memit+nas": ("memit", [], {"norm_anchor": True}),
+    "memit+nas": ("memit", [], {"nas_anchor": "measured"}),
     "alphaedit": ("alphaedit", [], {}),
-    "alphaedit+nas": ("alphaedit", [], {"norm_anchor": True}),
+    "alphaedit+nas": ("alphaedit", [], {"nas_anchor": "measured"}),
     "encore": ("encore", [], {}),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "guards"
@@ -55,9 +56,35 @@ EDIT_STAGES = ("compute_s", "guards_s", "write_s", "apply_s", "commit_s")
 
 
 def evaluators():
-    return [metrics.create("editing", retention=200, fluency_prompts=20),
+    # Efficacy right after each edit is the session's own probe (in every edit line); the editing
+    # evaluator measures at the checkpoints only.
+    return [metrics.create("editing", after_each=False, retention=200, fluency_prompts=20),
             metrics.create("health"),
             metrics.create("general")]
+
+
+def nas_anchor(group: Path, model, tok) -> tuple[float, ...]:
+    """NAS's reference norm, measured once per model as the paper's code does (MEMIT's value
+    settings, bare prompts, mean ‖v₀ + δ‖ with the top 5% dropped) on NAS_REQUESTS seeded
+    random CounterFact train records (the paper: 1,000), on the unedited model; cached."""
+    from seqedit import editors
+    from seqedit.editors import EditContext
+    from seqedit.editors.norm import measure_anchor
+    from seqedit.models import spec as model_spec
+
+    path = group / "nas_anchor.json"
+    if path.exists():
+        return tuple(json.loads(path.read_text())["anchor"])
+    spec = model_spec(model)
+    records = data.load("counterfact", split="train")
+    pick = torch.randperm(len(records), generator=torch.Generator().manual_seed(0))[:NAS_REQUESTS]
+    cfg = editors.create("memit", spec).config
+    anchor = measure_anchor(model, [records[i] for i in pick.tolist()],
+                            EditContext(tok, spec), cfg)
+    group.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"anchor": anchor, "requests": NAS_REQUESTS,
+                                "split": "counterfact train", "seed": 0}))
+    return anchor
 
 
 def open_session(directory: Path, model, tok, config: str, batch: int) -> EditSession:
@@ -66,6 +93,8 @@ def open_session(directory: Path, model, tok, config: str, batch: int) -> EditSe
         print(f"resuming {directory}", flush=True)
         return EditSession.resume(directory, model, tok, evaluators=evaluators(), eval_every=every)
     method, guards, options = CONFIGS[config]
+    if options.get("nas_anchor") == "measured":
+        options = {**options, "nas_anchor": nas_anchor(directory.parent, model, tok)}
     directory.parent.mkdir(parents=True, exist_ok=True)
     return EditSession(model, tok, method, ledger_dir=directory, guards=guards,
                        evaluators=evaluators(), eval_every=every, **options)
