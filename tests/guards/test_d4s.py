@@ -8,7 +8,7 @@ from seqedit import EditSession
 from seqedit.data import EditRequest
 from seqedit.guards import GuardError
 from seqedit.models import tiny
-from seqedit.session.ledger import Ledger
+from seqedit.session.ledger import Ledger, LedgerError
 
 DOCS = [f"Document {i}: the river flows north through the old city where the king was born. "
         * (i % 5 + 1) for i in range(60)]
@@ -140,3 +140,23 @@ def test_resume_refuses_other_guards(tmp_path, one_thread):
     with pytest.raises(GuardError, match="would mix two experiments"):
         EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path),
                            guards=[{"name": "d4s", "recompute_residual": True}])
+
+
+def test_a_crash_inside_a_guarded_rollback_leaves_only_a_removable_file(tmp_path, one_thread):
+    model, tok = tiny("llama", seed=0)
+    with session(tmp_path, model, tok) as s:
+        s.edit(_requests(2), progress=False)
+    deltas = tmp_path / "s" / "deltas"
+    # what a kill between writing the rollback's correction and its ledger line leaves
+    (deltas / "000001.rollback.safetensors").write_bytes((deltas / "000001.safetensors").read_bytes())
+    base, _ = tiny("llama", seed=0)
+    with EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path),
+                            progress=False) as resumed:
+        assert resumed.live_edits == [0, 1]
+    assert not (deltas / "000001.rollback.safetensors").exists()
+    # a correction for an edit that is not live cannot come from a crash: nothing is touched
+    (deltas / "000007.rollback.safetensors").write_bytes(b"stray")
+    base, _ = tiny("llama", seed=0)
+    with pytest.raises(LedgerError, match="no ledger line names"):
+        EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path))
+    assert (deltas / "000007.rollback.safetensors").read_bytes() == b"stray"
