@@ -115,7 +115,8 @@ class Delta:
 
     def plus(self, other: "Delta") -> "Delta":
         """This change followed by `other` as one Delta: factors of a weight both touch are
-        concatenated (ΔW = [U₁ U₂][V₁ V₂]ᵀ), keys and state kept from `self`."""
+        concatenated (ΔW = [U₁ U₂][V₁ V₂]ᵀ), keys and state kept from `self`; `info` is copied
+        one level deep, so a guard recording into the result leaves `self`'s records alone."""
         layers = list(self.layers)
         where = {d.name: i for i, d in enumerate(layers)}
         for d in other.layers:
@@ -126,7 +127,8 @@ class Delta:
             a = layers[where[d.name]]
             layers[where[d.name]] = LayerDelta(a.name, torch.cat([a.u, d.u.to(a.u.dtype)], 1),
                                                torch.cat([a.v, d.v.to(a.v.dtype)], 1), a.transposed)
-        return Delta(self.method, layers, dict(self.keys), dict(self.info), dict(self.state))
+        info = {k: dict(v) if isinstance(v, dict) else v for k, v in self.info.items()}
+        return Delta(self.method, layers, dict(self.keys), info, dict(self.state))
 
 
 @dataclass
