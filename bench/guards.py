@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -146,7 +147,8 @@ def _label(evaluator: str, metric: dict) -> str:
     parts = [evaluator, metric["name"]]
     for key in ("family", "schedule", "task", "weight"):
         if key in p and p[key] not in (evaluator, None):
-            parts.append(str(p[key]).rsplit(".", 3)[-3] if key == "weight" else str(p[key]))
+            layer = re.search(r"\.(\d+)\.", str(p[key])) if key == "weight" else None
+            parts.append(f"L{layer.group(1)}" if layer else str(p[key]))
     return "/".join(parts)
 
 
@@ -158,12 +160,12 @@ COLUMNS = [
     ("eff. gen", "editing/efficacy/generation", "mean"),
     ("generalisation", "editing/generalization/binary", "mean"),
     ("specificity", "editing/specificity/binary", "mean"),
-    ("WikiText ppl", "general/word_perplexity", "mean"),
-    ("SST-2", "general/acc/sst2", "mean"),
-    ("CSQA-cloze", "general/acc/commonsenseqa_cloze", "mean"),
-    ("mean|W| ratio", "health/l1_ratio/after_all", "max"),
-    ("σmax ΔW/W₀", "health/sigma_max_delta_ratio/after_all", "max"),
-    ("κ ratio", "health/condition_ratio/after_all", "max"),
+    ("WikiText ppl", "general/wikitext.word_perplexity", "mean"),
+    ("SST-2", "general/sst2.acc", "mean"),
+    ("CSQA-cloze", "general/commonsenseqa_cloze.acc", "mean"),
+    ("mean|W| ratio (max layer)", "health/l1_ratio/after-all", "max"),
+    ("σmax ΔW/W₀ (max layer)", "health/sigma_max_delta_ratio/after-all", "max"),
+    ("κ ratio (max layer)", "health/condition_ratio/after-all", "max"),
     ("s/edit", "s_per_edit", None),
 ]
 
