@@ -6,10 +6,12 @@ import dataclasses
 import pytest
 import torch
 
+from seqedit.data import EditRequest
 from seqedit.editors import keys, values
+from seqedit.editors._replay import SuffixReplay
 from seqedit.editors.config import ValueConfig
 
-from editor_helpers import Tiny
+from editor_helpers import REQUESTS, Tiny
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def _templates(t: Tiny):
 
 
 def _both(t: Tiny, reqs, site, layer, suffix=True, **cfg):
-    cfg = ValueConfig(v_num_grad_steps=6, **cfg)
+    cfg = ValueConfig(**{"v_num_grad_steps": 6, **cfg})
     temps = _templates(t)
     kw = dict(layer=layer, site=site, cfg=cfg, trace=True)
     fast = values._fast_target_values(t.model, t.spec, t.tokenizer, reqs, temps, suffix=suffix, **kw)
@@ -95,6 +97,61 @@ def test_clamp_bounds_delta(llama64, requests_):
     assert (fast.delta.norm(dim=1) <= bound * (1 + 1e-9)).all()
 
 
+# One-token targets predicted at the subject's own last token, where δ is added: on a tiny model
+# with larger weights these stop within a few steps, while REQUESTS[:2] run all twelve.
+QUICK = [EditRequest(prompt=p, subject=s, target_new=t, target_true="Y") for p, s, t in
+         [("I met {}", "Alice Smith", " "), ("We saw {}", "Bob", "\n"), ("The city of {}", "Paris", "\t"),
+          ("Songs by {}", "Carol Dee", " ")]]
+STOP_RULES = {"loss": {"early_stop_loss": 1.0},
+              "argmax": {"early_stop_on_argmax": True, "argmax_patience": 2, "argmax_margin": 1.0}}
+STOP_CASES = [("llama", "block", 2, 1.0), ("llama", "mlp_out", (1, 2, 3), 0.5), ("gpt2", "block", 2, 0.5),
+              ("gpt2", "mlp_out", (1, 2, 3), 0.5)]
+
+
+@pytest.fixture(scope="module")
+def peaked():
+    made = {}
+
+    def get(arch, dtype):
+        if (arch, dtype) not in made:
+            made[arch, dtype] = Tiny(arch, dtype=dtype, initializer_range=0.2)
+        return made[arch, dtype]
+    return get
+
+
+@pytest.mark.parametrize("rule", STOP_RULES)
+@pytest.mark.parametrize("arch,site,layer,lr", STOP_CASES)
+def test_stopped_requests_leave_the_batch(peaked, arch, site, layer, lr, rule, monkeypatch):
+    """Requests stopping at different steps: each forward replays only the rows of the requests
+    still optimising, and every request's optimisation is the one it has alone."""
+    batch_rows = []
+    replay = SuffixReplay.run
+    monkeypatch.setattr(SuffixReplay, "run", lambda self, h: batch_rows.append(len(h)) or replay(self, h))
+    fast, ref = _both(peaked(arch, torch.float64), QUICK + REQUESTS[:2], site, layer, v_num_grad_steps=12,
+                      v_lr=lr, **STOP_RULES[rule])
+    assert len(set(fast.steps)) > 2 and fast.steps[-2:] == [11, 11], fast.steps
+    per_request = batch_rows[0] // 6  # forward `it` runs the requests that stop at `it` or later
+    assert batch_rows == [per_request * sum(s >= it for s in fast.steps) for it in range(12)]
+    _assert_same(fast, ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("arch,site,layer,lr", STOP_CASES)
+def test_leaving_the_batch_changes_at_most_rounding_float32(peaked, arch, site, layer, lr):
+    """Against the same fast path keeping every row to the end (the cost before requests left)."""
+    t = peaked(arch, torch.float32)
+    temps = _templates(t)
+    for rule in STOP_RULES.values():
+        kw = dict(layer=layer, site=site, cfg=ValueConfig(v_num_grad_steps=12, v_lr=lr, **rule))
+        out, kept = (values._fast_target_values(t.model, t.spec, t.tokenizer, QUICK + REQUESTS[:2], temps,
+                                                compact=c, **kw) for c in (True, False))
+        assert out.steps == kept.steps and len(set(out.steps)) > 2
+        for name in ("v_star", "v_init", "delta"):
+            a, b = getattr(out, name), getattr(kept, name)
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max())), name
+        for name in ("p_first", "p_last", "loss"):
+            assert getattr(out, name) == pytest.approx(getattr(kept, name), rel=1e-5), name
+
+
 def _linear_problem(seed=0, b=3, d=16, vocab=40):
     """A stand-in for a model: target log-probs are log_softmax(A_j (v + δ)) for two target
     positions per request, so the optimisation can make any target the argmax quickly."""
@@ -108,14 +165,14 @@ def _linear_problem(seed=0, b=3, d=16, vocab=40):
                         tgt_row=req, tgt_pos=torch.zeros(2 * b, dtype=torch.long), tgt_tok=tok, tgt_req=req,
                         tgt_w=torch.full((2 * b,), 0.5), tgt_row_w=torch.full((2 * b,), 0.5), n_req=b, n_rows=b)
 
-    def forward(delta):
-        h = v + delta
-        lp_t = torch.log_softmax(torch.einsum("bjvd,bd->bjv", a, h[:, 0]).reshape(2 * b, vocab), -1)
-        return lp_t, torch.log_softmax(h[:, 0] @ kl_a.T, -1), v
+    def forward(delta, req):
+        h = v[req] + delta
+        lp_t = torch.log_softmax(torch.einsum("bjvd,bd->bjv", a[req], h[:, 0]).reshape(2 * len(req), vocab), -1)
+        return lp_t, torch.log_softmax(h[:, 0] @ kl_a.T, -1), v[req]
 
     def margins(delta):
         with torch.no_grad():
-            lp = forward(delta)[0]
+            lp = forward(delta, torch.arange(b))[0]
         return (lp.gather(1, tok[:, None])[:, 0] - lp.scatter(1, tok[:, None], float("-inf")).amax(-1)).view(b, 2)
 
     return p, forward, margins, d

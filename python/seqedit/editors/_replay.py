@@ -22,6 +22,7 @@ import inspect
 import torch
 
 _CACHE_ARGS = ("past_key_values", "layer_past", "past_key_value")
+_PER_ROW = ("attention_mask", "position_embeddings", "position_ids")  # what _gather_kwargs gathers per row
 
 
 class _PrefixKV:
@@ -90,9 +91,24 @@ class SuffixReplay:
             h = out[0] if isinstance(out, tuple) else out
         return h
 
+    def rows(self, idx: torch.Tensor) -> SuffixReplay:
+        """The same replay on the rows `idx` only (each row's computation is its own)."""
+        layers = [(i, module, {k: _take(v, idx) if k in _PER_ROW else v for k, v in named.items()})
+                  for i, module, named in self.layers]
+        kv = {layer: (k[idx], v[idx]) for layer, (k, v) in self.kv.items()}
+        return SuffixReplay(layers, self.slot_pos[idx], self.slots[idx], kv, self.cache_name)
+
     def gather(self, full: torch.Tensor) -> torch.Tensor:
         """[N, T, d] → [N, Q, d] at the slots' positions."""
         return full.gather(1, self.slot_pos[:, :, None].expand(-1, -1, full.shape[-1]))
+
+
+def _take(value, idx):
+    if isinstance(value, torch.Tensor):
+        return value[idx]
+    if isinstance(value, tuple):
+        return tuple(t[idx] for t in value)
+    return value
 
 
 def _attention(module):

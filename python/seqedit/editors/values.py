@@ -36,7 +36,10 @@ A non-finite v* (non-finite hidden states or logits, a diverged optimisation) is
 naming the layer: no editor can write it.
 
 Adam is elementwise, so one optimiser over the [b, d] stack updates each row exactly as a
-separate optimiser would; a request that has stopped has its row restored after each update.
+separate optimiser would; a request that has stopped has its row restored after each update, and
+leaves the batch: later steps replay only the rows of the requests still optimising (in a suffix
+replay; a whole-row replay keeps every row, its recorded layer arguments not being known to be
+per-row).
 """
 from __future__ import annotations
 
@@ -136,13 +139,15 @@ def _out(o):
 
 
 def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace: bool) -> ValueResult:
-    """The shared Adam loop; `forward(δ [b,s,d])` → (target log-probs [M,V], KL log-probs [b,V],
-    v_base [b,s,d]).
+    """The shared Adam loop; `forward(δ [a,s,d], req [a])` runs the requests still optimising
+    (`req`, ascending) with their δ and returns their target log-probs [M_req, V] (in the order of
+    p's targets), KL log-probs [a,V] and v_base [a,s,d]. A request that has stopped leaves the
+    forward, so a batch costs the sum of its requests' steps rather than b × the longest.
 
     `v_base` is the hidden state at each injection site before its δ is added; like upstream,
     v_init and the KL reference are read from the first forward (δ = 0 then). Weight decay and
-    clamp apply per site. v* = v_base of the last forward + δ: at a site above another site,
-    v_base itself moves with the lower δ, and v* is what that site must output in the end.
+    clamp apply per site. v* = v_base of the request's last forward + δ: at a site above another
+    site, v_base itself moves with the lower δ, and v* is what that site must output in the end.
     With one site the result has no site axis.
     """
     b = p.n_req
@@ -152,43 +157,48 @@ def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace
     leading = torch.zeros(b, dtype=torch.long)  # forwards at which the target led (argmax stop)
     steps, p_first, p_last, last_loss = [0] * b, [0.0] * b, [0.0] * b, [0.0] * b
     trajectory: list[list[torch.Tensor]] = [[] for _ in range(b)]
+    v_last = torch.zeros(b, n_sites, width, device=device)
     kl_init = v_init = None
     rew = torch.zeros(p.n_rows, dtype=torch.bool, device=device)
     rew[p.tgt_row] = True
     n_prompts = torch.bincount(p.req_of_row[rew], minlength=b).clamp(min=1)
     for it in range(cfg.v_num_grad_steps):
-        lp_t, lp_kl, v_base = forward(delta)
-        v_last = v_base.detach().float()
+        req = active.nonzero()[:, 0]
+        req_d, on = req.to(device), active.to(device)
+        mine = on[p.tgt_req]  # the targets of this forward's requests
+        slot = (on.long().cumsum(0) - 1)[p.tgt_req[mine]]  # ... and their request's place in req
+        tok = p.tgt_tok[mine]
+        d_req = delta[req_d]
+        lp_t, lp_kl, v_base = forward(d_req, req_d)
+        v_last[req_d] = v_base.detach().float()
         if kl_init is None:
-            kl_init, v_init = lp_kl.detach(), v_last
-        tok_lp = lp_t.gather(1, p.tgt_tok[:, None])[:, 0]
-        nll = torch.zeros(b, device=device).index_add(0, p.tgt_req, -tok_lp * p.tgt_w)
-        kl = cfg.kl_factor * (lp_kl.exp() * (lp_kl - kl_init)).sum(-1)
-        wd = cfg.v_weight_decay * (delta.norm(dim=-1) / v_init.norm(dim=-1) ** 2).sum(1)
+            kl_init, v_init = lp_kl.detach(), v_last.clone()
+        tok_lp = lp_t.gather(1, tok[:, None])[:, 0]
+        nll = torch.zeros(len(req), device=device).index_add(0, slot, -tok_lp * p.tgt_w[mine])
+        kl = cfg.kl_factor * (lp_kl.exp() * (lp_kl - kl_init[req_d])).sum(-1)
+        wd = cfg.v_weight_decay * (d_req.norm(dim=-1) / v_init[req_d].norm(dim=-1) ** 2).sum(1)
         loss_t = nll + kl + wd
         with torch.no_grad():
-            row_nll = torch.zeros(p.n_rows, device=device).index_add(0, p.tgt_row, -tok_lp * p.tgt_row_w)
+            row_nll = torch.zeros(p.n_rows, device=device).index_add(0, p.tgt_row[mine], -tok_lp * p.tgt_row_w[mine])
             prob = torch.zeros(b, device=device).index_add(0, p.req_of_row[rew], torch.exp(-row_nll[rew]))
-            prob = (prob / n_prompts).cpu()
+            prob = (prob / n_prompts)[req_d].cpu()
             loss = loss_t.detach().cpu()
         stop = (loss < cfg.early_stop_loss) | (it == cfg.v_num_grad_steps - 1)
         if cfg.early_stop_on_argmax:
-            leading += _leads(lp_t.detach(), tok_lp.detach(), p, cfg.argmax_margin)
-            stop |= leading >= cfg.argmax_patience
-        stop &= active
-        for i in range(b):
+            leading[req] += _leads(lp_t.detach(), tok_lp.detach(), tok, slot, len(req), cfg.argmax_margin)
+            stop |= leading[req] >= cfg.argmax_patience
+        for j, i in enumerate(req.tolist()):
             if it == 0:
-                p_first[i] = float(prob[i])
-            if active[i]:
-                p_last[i], last_loss[i] = float(prob[i]), float(loss[i])
-                if stop[i]:
-                    steps[i] = it
-        active &= ~stop
+                p_first[i] = float(prob[j])
+            p_last[i], last_loss[i] = float(prob[j]), float(loss[j])
+            if stop[j]:
+                steps[i] = it
+        active[req[stop]] = False
         if not active.any():
             break
         opt.zero_grad(set_to_none=True)
-        (loss_t * active.to(device)).sum().backward(inputs=[delta])
-        with torch.no_grad():
+        loss_t[~stop.to(device)].sum().backward(inputs=[delta])
+        with torch.no_grad():  # Adam's momentum still moves the rows of stopped requests: restore them
             keep = delta.detach().clone()
             opt.step()
             done = ~active.to(device)
@@ -205,12 +215,12 @@ def _optimise(forward, p: _Problem, n_sites: int, width: int, device, cfg, trace
                        trajectory)
 
 
-def _leads(lp_t, tok_lp, p: _Problem, margin: float) -> torch.Tensor:
-    """[b] bool (CPU): the request's target beats every other token by more than `margin` at each
-    of its scored positions."""
-    rival = lp_t.scatter(1, p.tgt_tok[:, None], float("-inf")).amax(-1)
+def _leads(lp_t, tok_lp, tok, slot, n: int, margin: float) -> torch.Tensor:
+    """[n] bool (CPU): request j's target `tok` beats every other token by more than `margin` at
+    each of its scored positions (those with slot j)."""
+    rival = lp_t.scatter(1, tok[:, None], float("-inf")).amax(-1)
     short = (tok_lp - rival <= margin).float()
-    return torch.zeros(p.n_req, device=lp_t.device).index_add(0, p.tgt_req, short).cpu() == 0
+    return torch.zeros(n, device=lp_t.device).index_add(0, slot, short).cpu() == 0
 
 
 def _sites(x: torch.Tensor) -> torch.Tensor:
@@ -248,17 +258,32 @@ def _site_layers(model, spec, layer, site: str, loss_layer: int) -> list[int]:
 
 
 def _injector(delta, s: int, req_of_row, rows, lookup, first, bases: dict):
-    """Forward hook: record the output at the bare prompts' lookup, then add δ[:, s] at every lookup."""
+    """Forward hook: record the output at the bare prompts' lookup, then add δ[:, s] at the lookup
+    of each row in `rows` (`lookup`: per batch row)."""
     def hook(module, args, out):
         o = _out(out)
         bases[s] = o[first, lookup[first]].detach().float()
-        o = o.index_put((rows, lookup), delta[req_of_row, s].to(o.dtype), accumulate=True)
+        o = o.index_put((rows, lookup[rows]), delta[req_of_row, s].to(o.dtype), accumulate=True)
         return (o, *out[1:]) if isinstance(out, tuple) else o
     return hook
 
 
+@dataclass
+class _Picked:
+    """One forward's batch: which of its rows get δ and where its requests are scored."""
+    replay: SuffixReplay | None
+    base: torch.Tensor  # the hidden states entering the replayed layers, per batch row
+    lookup: torch.Tensor  # per batch row
+    rows: torch.Tensor  # the batch rows of the forward's requests
+    req_of_row: torch.Tensor  # ... each one's place among those requests
+    first: torch.Tensor  # each request's bare-prompt batch row
+    score_rows: torch.Tensor  # targets, then KL
+    score_pos: torch.Tensor
+    n_targets: int
+
+
 def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, site, cfg, trace=False,
-                        suffix=True):
+                        suffix=True, compact=True):
     loss_layer = cfg.loss_layer(spec)
     layers = _site_layers(model, spec, layer, site, loss_layer)
     p = _problem(tokenizer, requests, templates, cfg.kl_prompt, model_device(model))
@@ -272,36 +297,63 @@ def _fast_target_values(model, spec, tokenizer, requests, templates, *, layer, s
         replay = SuffixReplay.build(model, modules, calls, kv, lookup, lengths, p.batch.input_ids.shape[1])
     if site == "block":  # δ-independent: read once; "mlp_out" sites are read in every forward
         v_block = cache["site"][p.first_row, lookup[p.first_row]].float()[:, None]
-    score_rows = torch.cat([p.tgt_row, p.kl_row])
+    n_t = len(p.tgt_row)
     score_pos = torch.cat([p.tgt_pos, lookup[p.kl_row]])
     if replay is not None:  # positions become slots counted from each row's lookup
-        score_pos = score_pos - lookup[score_rows]
+        score_pos = score_pos - lookup[torch.cat([p.tgt_row, p.kl_row])]
         lookup = torch.zeros_like(lookup)
-    rows = torch.arange(p.n_rows, device=lookup.device)
     plain_calls = {i: _without(kv, *calls[i]) for i in calls}  # a replay must not grow the cache
     base = cache["site"] if site == "block" else cache["input"]
     if replay is not None:
         base = replay.gather(base)
+    picked: dict[tuple, _Picked] = {}  # the active set changes at most b times
 
-    def forward(delta):
+    def pick(req) -> _Picked:
+        """A suffix replay runs only the rows of `req`; a whole-row replay keeps every row (its
+        recorded arguments are not known to be per-row) and adds no δ to the other requests'."""
+        key = tuple(req.tolist())
+        if key not in picked:
+            picked.clear()
+            mine = torch.isin(p.req_of_row, req)
+            if compact and replay is not None:
+                kept = mine.nonzero()[:, 0]
+                run, h = replay.rows(kept), base[kept]
+            else:
+                kept = torch.arange(p.n_rows, device=lookup.device)
+                run, h = replay, base
+            at = torch.zeros_like(p.req_of_row)
+            at[kept] = torch.arange(len(kept), device=lookup.device)
+            on = torch.zeros(p.n_req, dtype=torch.bool, device=lookup.device)
+            on[req] = True
+            place = on.long().cumsum(0) - 1
+            own = mine.nonzero()[:, 0]
+            tgt = on[p.tgt_req]
+            picked[key] = _Picked(run, h, lookup[kept], at[own], place[p.req_of_row[own]], at[p.first_row[req]],
+                                  at[torch.cat([p.tgt_row[tgt], p.kl_row[req]])],
+                                  torch.cat([score_pos[:n_t][tgt], score_pos[n_t:][req]]), int(tgt.sum()))
+        return picked[key]
+
+    def forward(delta, req):
+        at = pick(req)
         bases: dict[int, torch.Tensor] = {}
         with ExitStack() as stack:
             if site == "block":
-                h = base.index_put((rows, lookup), delta[p.req_of_row, 0].to(base.dtype), accumulate=True)
+                h = at.base.index_put((at.rows, at.lookup[at.rows]), delta[at.req_of_row, 0].to(at.base.dtype),
+                                      accumulate=True)
             else:
-                h = base
+                h = at.base
                 for s, i in enumerate(layers):
-                    hook = _injector(delta, s, p.req_of_row, rows, lookup, p.first_row, bases)
+                    hook = _injector(delta, s, at.req_of_row, at.rows, at.lookup, at.first, bases)
                     stack.callback(spec.mlp_out(model, i).register_forward_hook(hook).remove)
-            if replay is not None:
-                h = replay.run(h)
+            if at.replay is not None:
+                h = at.replay.run(h)
             else:
                 for i, module in modules:
                     args, kwargs = plain_calls[i]
                     h = _out(module(h, *args, **kwargs))
-        lp = torch.log_softmax(logits_at(model, spec, h[score_rows, score_pos]), -1)
-        v_base = v_block if site == "block" else torch.stack([bases[s] for s in range(len(layers))], 1)
-        return lp[: len(p.tgt_row)], lp[len(p.tgt_row):], v_base
+        lp = torch.log_softmax(logits_at(model, spec, h[at.score_rows, at.score_pos]), -1)
+        v_base = v_block[req] if site == "block" else torch.stack([bases[s] for s in range(len(layers))], 1)
+        return lp[: at.n_targets], lp[at.n_targets:], v_base
 
     res = _optimise(forward, p, len(layers), spec.hidden_size, model_device(model), cfg, trace)
     res.mode = "full" if replay is None else "suffix"
@@ -369,7 +421,7 @@ def reference_target_values(model, spec, tokenizer, requests, templates, *, laye
         def tap(module, args, out):
             state["h"] = _out(out)
 
-        def forward(delta):
+        def forward(delta, req):  # one request: `req` is always [0]
             bases: dict[int, torch.Tensor] = {}
             with ExitStack() as stack:
                 for s, i in enumerate(layers):
