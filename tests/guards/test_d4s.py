@@ -4,33 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from guard_helpers import FAST, requests, stats_options
 from seqedit import EditSession
-from seqedit.data import EditRequest
 from seqedit.guards import GuardError
 from seqedit.models import tiny
 from seqedit.session.ledger import Ledger, LedgerError
 
-DOCS = [f"Document {i}: the river flows north through the old city where the king was born. "
-        * (i % 5 + 1) for i in range(60)]
-FAST = {"v_num_grad_steps": 6, "context_template_starts": ("The", "I"),
-        "context_template_length": 4}
 LAYERS = [0, 1]
-
-
-def _requests(n):
-    cities = ["Paris", "Rome", "Berlin", "Madrid", "Vienna", "Oslo", "Lima", "Cairo"]
-    return [EditRequest(prompt="The capital of {} is", subject=f"Country {i}",
-                        target_new=cities[i % 8], target_true=cities[(i + 3) % 8], case_id=i)
-            for i in range(n)]
-
-
-def options(tmp_path):
-    return {"corpus": DOCS, "max_tokens": 3000, "cache_dir": tmp_path / "cache", "progress": False}
 
 
 def session(tmp_path, model, tok, name="s", **guard):
     return EditSession(model, tok, "memit", layers=LAYERS, ledger_dir=tmp_path / name,
-                       stats_options=options(tmp_path), guards=[{"name": "d4s", **guard}], **FAST)
+                       stats_options=stats_options(tmp_path), guards=[{"name": "d4s", **guard}], **FAST)
 
 
 def batch_solution(s: EditSession, skip=()):
@@ -60,9 +45,9 @@ def stored_change(s: EditSession, name):
 def test_sequential_d4s_equals_one_batch_solve(tmp_path, one_thread):
     model, tok = tiny("llama", seed=0)
     with session(tmp_path, model, tok) as s:
-        s.edit(_requests(2), progress=False)
+        s.edit(requests(2), progress=False)
         sizes = {n: {k: t.shape for k, t in v.items()} for n, v in s._guards[0].state().items()}
-        s.edit(_requests(5)[2:], batch_size=2, progress=False)
+        s.edit(requests(5)[2:], batch_size=2, progress=False)
         assert [e.status for e in s._ledger.entries.values()] == ["applied"] * 4
         state = s._guards[0].state()
         assert {n: {k: t.shape for k, t in v.items()} for n, v in state.items()} == sizes  # O(1)
@@ -76,7 +61,7 @@ def test_sequential_d4s_equals_one_batch_solve(tmp_path, one_thread):
 
 def test_rollback_resolves_without_the_edit_and_resume_is_bit_exact(tmp_path, one_thread):
     model, tok = tiny("llama", seed=0)
-    reqs = _requests(3)
+    reqs = requests(3)
     s = session(tmp_path, model, tok)
     s.edit(reqs, progress=False)
     s.rollback(1)
@@ -88,7 +73,7 @@ def test_rollback_resolves_without_the_edit_and_resume_is_bit_exact(tmp_path, on
     edited = {n: p.detach().clone() for n, p in model.named_parameters()}
     s.close()
     base, _ = tiny("llama", seed=0)
-    with EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path),
+    with EditSession.resume(tmp_path / "s", base, tok, stats_options=stats_options(tmp_path),
                             progress=False) as resumed:
         assert resumed._guards[0].name == "d4s" and resumed.live_edits == [0, 2]
         for name, held in resumed._guards[0].state().items():
@@ -99,7 +84,7 @@ def test_rollback_resolves_without_the_edit_and_resume_is_bit_exact(tmp_path, on
 
 
 def test_targets_optimised_ahead_match_one_at_a_time(tmp_path, one_thread):
-    reqs = _requests(3)
+    reqs = requests(3)
     runs = {}
     for batch in (1, 3):
         model, tok = tiny("llama", seed=0)
@@ -114,7 +99,7 @@ def test_targets_optimised_ahead_match_one_at_a_time(tmp_path, one_thread):
 def test_recompute_residual_is_an_option(tmp_path, one_thread):
     model, tok = tiny("llama", seed=0)
     with session(tmp_path, model, tok, recompute_residual=True) as s:
-        (result,) = s.edit(_requests(1), progress=False)
+        (result,) = s.edit(requests(1), progress=False)
         assert result.status == "applied"
         assert s._ledger.manifest["guards"] == [
             {"name": "d4s", "config": {"recompute_residual": True, "target_batch": 16}}]
@@ -135,22 +120,22 @@ def test_d4s_needs_memits_key_residual_form(tmp_path):
 def test_resume_refuses_other_guards(tmp_path, one_thread):
     model, tok = tiny("llama", seed=0)
     with session(tmp_path, model, tok) as s:
-        s.edit(_requests(1), progress=False)
+        s.edit(requests(1), progress=False)
     base, _ = tiny("llama", seed=0)
     with pytest.raises(GuardError, match="would mix two experiments"):
-        EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path),
+        EditSession.resume(tmp_path / "s", base, tok, stats_options=stats_options(tmp_path),
                            guards=[{"name": "d4s", "recompute_residual": True}])
 
 
 def test_a_crash_inside_a_guarded_rollback_leaves_only_a_removable_file(tmp_path, one_thread):
     model, tok = tiny("llama", seed=0)
     with session(tmp_path, model, tok) as s:
-        s.edit(_requests(2), progress=False)
+        s.edit(requests(2), progress=False)
     deltas = tmp_path / "s" / "deltas"
     # what a kill between writing the rollback's correction and its ledger line leaves
     (deltas / "000001.rollback.safetensors").write_bytes((deltas / "000001.safetensors").read_bytes())
     base, _ = tiny("llama", seed=0)
-    with EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path),
+    with EditSession.resume(tmp_path / "s", base, tok, stats_options=stats_options(tmp_path),
                             progress=False) as resumed:
         assert resumed.live_edits == [0, 1]
     assert not (deltas / "000001.rollback.safetensors").exists()
@@ -158,5 +143,5 @@ def test_a_crash_inside_a_guarded_rollback_leaves_only_a_removable_file(tmp_path
     (deltas / "000007.rollback.safetensors").write_bytes(b"stray")
     base, _ = tiny("llama", seed=0)
     with pytest.raises(LedgerError, match="no ledger line names"):
-        EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path))
+        EditSession.resume(tmp_path / "s", base, tok, stats_options=stats_options(tmp_path))
     assert (deltas / "000007.rollback.safetensors").read_bytes() == b"stray"

@@ -5,14 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from guard_helpers import FAST, requests, stats_options
 from seqedit import EditSession
 from seqedit.data import EditRequest
 from seqedit.models import tiny
 
-DOCS = [f"Document {i}: the river flows north through the old city where the king was born. "
-        * (i % 5 + 1) for i in range(60)]
-FAST = {"v_num_grad_steps": 6, "context_template_starts": ("The", "I"),
-        "context_template_length": 4}
 PROBES = [EditRequest(prompt="{} was born in", subject=f"Person {i}", target_true="Paris",
                       target_new="Rome", case_id=f"p{i}") for i in range(24)]
 GUARDS = {
@@ -25,24 +22,13 @@ GUARDS = {
 }
 
 
-def requests(n):
-    cities = ["Paris", "Rome", "Berlin", "Madrid", "Vienna", "Oslo", "Lima", "Cairo"]
-    return [EditRequest(prompt="The capital of {} is", subject=f"Country {i}",
-                        target_new=cities[i % 8], target_true=cities[(i + 3) % 8], case_id=i)
-            for i in range(n)]
-
-
-def options(tmp_path):
-    return {"corpus": DOCS, "max_tokens": 3000, "cache_dir": tmp_path / "cache", "progress": False}
-
-
 @pytest.mark.parametrize("name", sorted(GUARDS))
 def test_edit_rollback_resume_is_bit_exact(tmp_path, one_thread, name):
     model, tok = tiny("llama", seed=0)
     reqs = requests(4)
     # SORA's joint solve on a random tiny model's near-collinear keys can reach 10× ‖W₀‖_F.
     with EditSession(model, tok, "memit", layers=[0, 1], ledger_dir=tmp_path / "s",
-                     stats_options=options(tmp_path), guards=GUARDS[name], max_delta_ratio=100,
+                     stats_options=stats_options(tmp_path), guards=GUARDS[name], max_delta_ratio=100,
                      **FAST) as s:
         s.edit(reqs[:3], progress=False)
         s.rollback(1)
@@ -53,7 +39,7 @@ def test_edit_rollback_resume_is_bit_exact(tmp_path, one_thread, name):
                 assert set(line["info"].get("guards", {})) <= {g["name"] for g in GUARDS[name]}
         edited = {n: p.detach().clone() for n, p in model.named_parameters()}
     base, _ = tiny("llama", seed=0)
-    with EditSession.resume(tmp_path / "s", base, tok, stats_options=options(tmp_path),
+    with EditSession.resume(tmp_path / "s", base, tok, stats_options=stats_options(tmp_path),
                             progress=False) as resumed:
         assert [g.name for g in resumed._guards] == [g["name"] for g in GUARDS[name]]
     for n, p in base.named_parameters():
@@ -63,7 +49,7 @@ def test_edit_rollback_resume_is_bit_exact(tmp_path, one_thread, name):
 @pytest.mark.parametrize("name", sorted(GUARDS))
 def test_a_refused_step_moves_nothing(tmp_path, one_thread, name):
     model, tok = tiny("llama", seed=0)
-    with EditSession(model, tok, "memit", layers=[0, 1], stats_options=options(tmp_path),
+    with EditSession(model, tok, "memit", layers=[0, 1], stats_options=stats_options(tmp_path),
                      guards=GUARDS[name], max_delta_ratio=1e-12, **FAST) as s:
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         (result,) = s.edit(requests(1), progress=False)

@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from guard_helpers import FAST, requests, stats_options
 from seqedit import EditSession, metrics
-from seqedit.data import EditRequest
 from seqedit.guards.prune import restraint
 from seqedit.models import tiny
-
-DOCS = [f"Document {i}: the river flows north through the old city where the king was born. "
-        * (i % 5 + 1) for i in range(60)]
-FAST = {"v_num_grad_steps": 6, "context_template_starts": ("The", "I"),
-        "context_template_length": 4}
-
-
-def requests(n):
-    cities = ["Paris", "Rome", "Berlin", "Madrid", "Vienna", "Oslo", "Lima", "Cairo"]
-    return [EditRequest(prompt="The capital of {} is", subject=f"Country {i}",
-                        target_new=cities[i % 8], target_true=cities[(i + 3) % 8], case_id=i)
-            for i in range(n)]
 
 
 def run(tmp_path, name, guards):
     model, tok = tiny("llama", seed=0)
     health = metrics.create("health", after_each=False, condition=False)
     with EditSession(model, tok, "memit", layers=[0, 1], ledger_dir=tmp_path / name,
-                     stats_options={"corpus": DOCS, "max_tokens": 3000, "progress": False,
-                                    "cache_dir": tmp_path / "cache"},
+                     stats_options=stats_options(tmp_path),
                      guards=guards, evaluators=[health], **FAST) as s:
         s.edit(requests(4), progress=False)
         ratio = s.evaluations[-1].value("sigma_max_delta_ratio",

@@ -3,24 +3,17 @@ from __future__ import annotations
 
 import pytest
 
+from guard_helpers import FAST, stats_options
 from seqedit import EditSession
 from seqedit.data import EditRequest
 from seqedit.guards import GuardError
 from seqedit.models import tiny
 
-DOCS = [f"Document {i}: the river flows north through the old city where the king was born. "
-        * (i % 5 + 1) for i in range(60)]
-FAST = {"v_num_grad_steps": 6, "context_template_starts": ("The", "I"),
-        "context_template_length": 4}
 NAMES = ["Anna", "Boris", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jun",
          "Kofi", "Lena", "Mira", "Nils", "Omar", "Pia", "Quin", "Rosa", "Sami", "Tara"]
 PROBES = [EditRequest(prompt="{} was born in", subject=f"{n} {m}", target_true="Paris",
                       target_new="Rome", case_id=f"p{i}")
           for i, (n, m) in enumerate((n, m) for n in NAMES[:6] for m in NAMES[6:12])]
-
-
-def options(tmp_path):
-    return {"corpus": DOCS, "max_tokens": 3000, "cache_dir": tmp_path / "cache", "progress": False}
 
 
 def test_sora_shrinks_the_outliers_drift_and_keeps_the_edit(tmp_path, one_thread):
@@ -29,7 +22,7 @@ def test_sora_shrinks_the_outliers_drift_and_keeps_the_edit(tmp_path, one_thread
              "top_q": 0.1, "max_outliers": 3, "layer": 1}
     edit = EditRequest(prompt="The capital of {} is", subject="Country 0", target_new="Paris",
                        target_true="Rome", case_id=0)
-    with EditSession(model, tok, "memit", layers=[0, 1], stats_options=options(tmp_path),
+    with EditSession(model, tok, "memit", layers=[0, 1], stats_options=stats_options(tmp_path),
                      guards=[guard], **FAST) as s:
         (result,) = s.edit([edit], progress=False)
         assert result.status == "applied"
