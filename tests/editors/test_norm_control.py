@@ -144,13 +144,15 @@ def test_nas_anchor_count_must_fit_the_targets(llama, requests_):
         four.compute(llama.model, requests_[:1], llama.ctx())
 
 
-def test_measure_anchor_is_the_mean_solved_norm(llama, requests_):
+def test_measure_anchor_is_the_mean_solved_norm(llama, requests_, one_thread):
     """The anchor of three requests (none trimmed: ⌊5% of 3⌋ = 0) is the mean of their own."""
+    # One thread: with two, a batch of two reduces in another order than a batch of one, and
+    # Adam (sign-like on the tiny model's small gradients) turns that into 0.3% of ‖v*‖.
     cfg = editors.create("memit", llama.spec, **FAST).config
     together = norm.measure_anchor(llama.model, requests_, llama.ctx(), cfg, batch_size=2)
     alone = [norm.measure_anchor(llama.model, [r], llama.ctx(), cfg)[0] for r in requests_]
     assert len(together) == 1 and together[0] > 0
-    assert together[0] == pytest.approx(sum(alone) / 3, rel=1e-5)
+    assert together[0] == pytest.approx(sum(alone) / 3, rel=1e-4)
     per_layer = norm.measure_anchor(llama.model, requests_[:1], llama.ctx(),
                                     dataclasses.replace(cfg, targets="mlp_out"))
     assert len(per_layer) == len(cfg.layers) and min(per_layer) > 0
