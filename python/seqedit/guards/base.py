@@ -19,6 +19,7 @@ Guards import editors, ops and models, never the session; the session lends them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -31,6 +32,24 @@ from ..editors.base import Delta, EditContext
 class GuardError(ValueError):
     """A guard that cannot work with this editor or model, or a bad guard configuration:
     raised when the session starts, before any weight moves."""
+
+
+class GuardConfig:
+    """Base of the guard config dataclasses: their JSON form (what the manifest records and
+    `resume` rebuilds the guard from). Subclasses set `guard`, the registry name."""
+
+    guard = "guard"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GuardError(f"{cls.guard} has no option(s) {unknown}; options: {sorted(known)}")
+        return cls(**data)
 
 
 @dataclass

@@ -32,7 +32,6 @@ run's requests; batches are cut by position in that list, so a resumed run cuts 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +41,16 @@ from ..editors import keys as _keys
 from ..editors import values as _values
 from ..editors.base import Delta, LayerDelta, SolveError
 from ..editors.memit import memit_factor, resolve_targets
-from .base import GuardBase, GuardContext, GuardError, record, require_plain_memit
+from .base import GuardBase, GuardConfig, GuardContext, GuardError, record, require_plain_memit
 
 
 @dataclass(frozen=True)
-class D4SConfig:
+class D4SConfig(GuardConfig):
     """recompute_residual: measure each layer's residual on the partially updated model (as
     MEMIT does) instead of dividing the z-layer residual (the original: False). target_batch:
     requests whose targets are optimised together."""
+
+    guard = "d4s"
 
     recompute_residual: bool = False
     target_batch: int = 16
@@ -61,17 +62,6 @@ class D4SConfig:
         if not (isinstance(self.target_batch, int) and not isinstance(self.target_batch, bool)
                 and self.target_batch >= 1):
             raise GuardError(f"d4s: target_batch must be an int >= 1, got {self.target_batch!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "D4SConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GuardError(f"d4s has no option(s) {unknown}; options: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import ops
 from ..editors.base import Delta, LayerDelta
-from .base import GuardBase, GuardContext, record
+from .base import GuardBase, GuardConfig, GuardContext, record
 
 KINDS = {"log": math.e, "log2": 2.0, "log1_5": 1.5, "log1_2": 1.2, "linear": None}
 MODES = ("posthoc", "every")
@@ -41,10 +41,12 @@ _FIRST_K = 8  # directions asked for first; real runs rarely have more above σ�
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(GuardConfig):
     """kind: F above σ̄ — "log" (α = e), "log2", "log1_5", "log1_2": log_α(s) − log_α(σ̄) + σ̄;
     "linear": (s + σ̄)/2. mode: "posthoc" (only under `view`) or "every" (in the weights after
     every `every`-th committed edit)."""
+
+    guard = "prune"
 
     kind: str = "log"
     mode: str = "posthoc"
@@ -57,16 +59,6 @@ class PruneConfig:
             raise ValueError(f"prune: mode must be one of {list(MODES)}, got {self.mode!r}")
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
             raise ValueError(f"prune: every must be a positive int, got {self.every!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"prune: unknown config keys {sorted(unknown)}")
-        return cls(**data)
 
 
 def restrain_values(s: torch.Tensor, sigma_bar: float, kind: str) -> torch.Tensor:

@@ -22,7 +22,6 @@ lower layer's update); that first-order simplification is part of the reconstruc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +30,15 @@ import torch
 from ..editors import _solve
 from ..editors import keys as _keys
 from ..editors.base import Delta, LayerDelta, SolveError
-from .base import GuardBase, GuardContext, GuardError, record, require_plain_memit
+from .base import GuardBase, GuardConfig, GuardContext, GuardError, record, require_plain_memit
 
 
 @dataclass(frozen=True)
-class SoraConfig:
+class SoraConfig(GuardConfig):
     """The GORA options that find the outliers (see `seqedit.metrics.gora.GoraConfig`), and
     max_outliers = m, the most probes re-edited per step."""
+
+    guard = "sora"
 
     probes: Any = "counterfact"
     probe_split: str | None = "train"
@@ -55,17 +56,6 @@ class SoraConfig:
                  "min_change", "batch_size")
         return {n: getattr(self, n) for n in names} | {"answers": False,
                                                         "max_outliers": self.max_outliers}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SoraConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GuardError(f"sora has no option(s) {unknown}; options: {sorted(known)}")
-        return cls(**data)
 
 
 class SoraGuard(GuardBase):
