@@ -235,8 +235,12 @@ def plot(name: str, runs: list[dict]) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"seqedit guards — {name}")
+    labels = {}
+    for ax in axes.flat:  # one legend for the figure: a config may lack points in some panels
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    fig.legend(labels.values(), labels.keys(), loc="lower right", fontsize=9)
+    fig.suptitle(f"seqedit guards — {name} (x: edits; ppl lower is better, scores higher)")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=110)
     plt.close(fig)
