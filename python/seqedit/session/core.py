@@ -11,6 +11,7 @@ directory format.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import numbers
@@ -277,8 +278,8 @@ class EditSession:
         except SolveError as err:
             delta, reason = None, f"the editor could not solve this edit: {err.reason}"
         clock.lap("compute_s")
-        if delta is not None:
-            check_structure(self.model, self.method, delta)
+        if delta is not None and self._guards:
+            check_structure(self.model, self.method, delta)  # the editor's, before guards use it
             try:
                 for guard in self._guards:
                     delta = guard.guard(delta, batch, self._gctx)
@@ -341,7 +342,7 @@ class EditSession:
             post = self._probe(batch, probe)
             clock.lap("probe_post_s")
             live = len(self._ledger.live_entries()) + 1
-            with guarding.viewed(self.model, self._guards, self._gctx):
+            with self._measured():
                 evaluations = self._evals.after_edit(batch, edit_id + 1, live)
             clock.lap("after_each_s")
             times = clock.total()
@@ -378,7 +379,7 @@ class EditSession:
         step = self._ledger.next_edit_id
         if not self._evals.evaluators or not (force or self._evals.due(step)):
             return []
-        with guarding.viewed(self.model, self._guards, self._gctx):
+        with self._measured():
             results = self._evals.run(step, len(self._ledger.live_entries()))
         stopping = stop_requested(results)
         if stopping:
@@ -390,8 +391,15 @@ class EditSession:
         evaluator in the order given; a result the ledger already holds for this step is
         returned, not recomputed."""
         self._ledger.ensure_writable()
-        with guarding.viewed(self.model, self._guards, self._gctx):
+        with self._measured():
             return self._evals.run(self._ledger.next_edit_id, len(self._ledger.live_entries()))
+
+    def _measured(self):
+        """The model as evaluators see it: under the guards' views (PRUNE post-hoc), computed
+        only when there is an evaluator to look."""
+        if not self._evals.evaluators:
+            return contextlib.nullcontext()
+        return guarding.viewed(self.model, self._guards, self._gctx)
 
     @property
     def evaluations(self) -> list[EvalResult]:
