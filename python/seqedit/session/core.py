@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .._progress import Progress
 from .._version import __version__
 from ..data import EditRequest
 from ..editors.base import Delta, EditContext, SolveError
@@ -237,8 +238,6 @@ class EditSession:
         delta the session refuses is recorded and the run goes on; `strict=True` raises
         EditRefused instead (after recording it). `probe=False` skips the P(target) passes.
         """
-        from tqdm.auto import tqdm
-
         self._ledger.ensure_writable()
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -254,7 +253,7 @@ class EditSession:
         if done:
             log.info("skipping %d request(s) the ledger already has", len(done))
         self._run_scheduled(force=False)  # step 0, or one a killed run owed
-        with tqdm(total=len(todo), unit="edit", desc=self.method, disable=not progress) as bar:
+        with Progress(len(todo), self._progress_label(), "edit", enabled=progress) as bar:
             for start in range(0, len(todo), batch_size):
                 index = todo[start:start + batch_size]
                 for i, result in zip(index, self._step([requests[i] for i in index], strict, probe)):
@@ -263,6 +262,9 @@ class EditSession:
                 self._run_scheduled(force=False)
         self._run_scheduled(force=True)  # "at the end"
         return results  # type: ignore[return-value]
+
+    def _progress_label(self) -> str:
+        return "+".join([self.method, *(g.name for g in self._guards)])
 
     # -- one step, stage by stage --------------------------------------------------------------
     def _step(self, batch: list[EditRequest], strict: bool, probe: bool) -> list[EditResult]:

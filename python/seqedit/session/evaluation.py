@@ -79,6 +79,7 @@ class Evaluations:
         self._base.snapshot(weights)
         self._ctx.weights = self._base.names
         for ev in self.evaluators:
+            log.info("preparing evaluator %s on the unedited model", ev.name)
             ev.prepare(self._model, self._ctx)
 
     def _at(self, step: int, live: int) -> EvalContext:
@@ -110,6 +111,7 @@ class Evaluations:
             if recorded is not None:
                 results.append(EvalResult.from_dict(recorded["result"]))
                 continue
+            log.info("step %d: evaluating %s (%d live edits)", step, ev.name, live)
             result = ev.evaluate(self._model, self._at(step, live))
             result.step, result.live_edits = step, live
             self._ledger.append({"type": "eval", "step": step, "state": self._ledger.state,

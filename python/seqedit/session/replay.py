@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ..editors.base import Delta
+from .._progress import Progress
 from .._version import __version__
 from .hashing import canonical_json, config_dict, config_hash, fingerprint_mismatch, jsonable
 from .integrity import fingerprint_problems, model_fingerprint
@@ -139,27 +140,31 @@ def replay(ledger: Ledger, editor: Any, guards: list[Any], moments: SecondMoment
     the same bits, so the rebuilt model equals the one the run had (an edit later rolled back
     is applied and undone, as it was: W + ΔW − ΔW is not W in floating point). Statistics the
     run computed are computed first: they must see the base weights."""
-    from tqdm.auto import tqdm
-
     if moments.computes and ledger.stats_layers:
         moments.prefetch(ledger.stats_layers)
     history = ledger.weight_history()
     if not history:
         return
     log.info("replaying %d weight change(s) from %s", len(history), ledger.root)
-    for kind, edit_id in tqdm(history, unit="step", desc="replay", disable=not progress):
-        delta = ledger.load_delta(ledger.entries[edit_id])
-        if kind == "edit":
-            apply(delta, 1.0)
-            editor.commit(delta)
-            for guard in guards:
-                guard.commit(delta)
-            continue
-        undo = ledger.load_undo(edit_id)
-        if undo is None:
-            apply(delta, -1.0)
-        else:
-            apply(undo, 1.0)
-        editor.revert(delta)
-        for guard in reversed(guards):
-            guard.revert(delta, undo)
+    with Progress(len(history), "replay", "step", enabled=progress) as bar:
+        for kind, edit_id in history:
+            _replay_one(ledger, kind, edit_id, apply, editor, guards)
+            bar.update()
+
+
+def _replay_one(ledger: Ledger, kind: str, edit_id: int, apply, editor, guards) -> None:
+    delta = ledger.load_delta(ledger.entries[edit_id])
+    if kind == "edit":
+        apply(delta, 1.0)
+        editor.commit(delta)
+        for guard in guards:
+            guard.commit(delta)
+        return
+    undo = ledger.load_undo(edit_id)
+    if undo is None:
+        apply(delta, -1.0)
+    else:
+        apply(undo, 1.0)
+    editor.revert(delta)
+    for guard in reversed(guards):
+        guard.revert(delta, undo)

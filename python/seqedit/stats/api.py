@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from .._progress import Progress
 
 from . import cache as cache_io
 from . import corpus as corpus_io
@@ -135,9 +135,9 @@ def _compute(model, tokenizer, spec, layers, docs, keys, run: _Run) -> tuple[dic
     checkpoint = Checkpoint(run.root / f"{spec.arch}-partial-{cache_io.sha(run_key)[:24]}.safetensors",
                             run_key, run.checkpoint_every, run.cache)
     done, tokens = checkpoint.load(sums, mine)
-    bar = tqdm(total=sum(b.tokens for b in mine), initial=tokens, unit="tok", unit_scale=True,
-               desc=f"key statistics, layers {layers}" + (f", rank 0 of {run.world}" if run.world > 1 else ""),
-               disable=not run.progress or run.rank != 0)
+    bar = Progress(sum(b.tokens for b in mine), initial=tokens, unit="tok", unit_scale=True,
+                   desc=f"key statistics, layers {layers}" + (f", rank 0 of {run.world}" if run.world > 1 else ""),
+                   enabled=run.progress and run.rank == 0)
     state = {"done": done, "tokens": tokens}
 
     def on_batch(n: int) -> None:

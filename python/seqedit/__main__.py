@@ -1,0 +1,5 @@
+import sys
+
+from seqedit.cli import main
+
+sys.exit(main())
