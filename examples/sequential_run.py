@@ -85,7 +85,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=1000, help="edit the first N CounterFact records")
     ap.add_argument("--method", default="memit", help="rome, memit, alphaedit or ft")
     ap.add_argument("--model", default="smollm2-135m", help="packaged model name or local path")
-    ap.add_argument("--stats-tokens", type=int, default=20_000, help="corpus tokens for key statistics")
+    ap.add_argument("--stats-tokens", type=int, default=None,
+                    help="corpus tokens for key statistics (default: the library's, shared cache)")
     ap.add_argument("--rollback", type=int, nargs="*", default=(), help="edit ids to roll back afterwards")
     ap.add_argument("--export", default=None, help="write the live edits as a PEFT adapter here")
     ap.add_argument("--export-rank", type=int, default=None, help="truncate the adapter to this rank")
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
         return
     model, tokenizer = models.load(args.model)
     summary = run(model, tokenizer, args.dir, n=args.n, method=args.method,
-                  stats_options={"max_tokens": args.stats_tokens},
+                  stats_options={"max_tokens": args.stats_tokens} if args.stats_tokens else None,
                   rollback=args.rollback, export=args.export, export_rank=args.export_rank)
     for key, value in summary.items():
         print(f"  {key}: {value}")

@@ -65,6 +65,14 @@ def test_run_continue_status_export_eval(write_config, tmp_path, capfd):
     assert [r["label"] for r in summary["runs"]] == ["a", "b"]
 
 
+def test_eval_of_an_unedited_model(model_dir, write_config, capsys):
+    write_config()  # sets the cache and progress variables
+    assert main(["eval", "--model", str(model_dir / "tiny"), "--evaluators", "editing"]) == 0
+    assert "editing (step 0, 0 live edits" in capsys.readouterr().out
+    assert main(["eval"]) == 2
+    assert "give a RUN_DIR or --model NAME" in capsys.readouterr().err
+
+
 def test_run_commands_refuse_what_is_not_a_run(tmp_path, write_config, capsys):
     assert main(["status", str(tmp_path)]) == 2
     assert "holds no seqedit run" in capsys.readouterr().err

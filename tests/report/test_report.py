@@ -121,7 +121,7 @@ def test_run_without_evaluations_says_so(runs, tmp_path):
 
 
 def test_empty_session_has_no_figures(tmp_path):
-    from conftest import make_run
+    from report_helpers import make_run
 
     run = make_run(tmp_path / "empty", steps=0, with_evaluators=False)
     paths = report.write(run, tmp_path / "out")

@@ -81,6 +81,31 @@ def test_schedule_step_zero_every_k_and_the_end(tmp_path):
     session.close()
 
 
+class Baselined(Counting):
+    """An evaluator whose `prepare` measures the unedited model (as general/safety do)."""
+
+    name = "baselined"
+
+    def unedited_result(self, ctx):
+        self.calls.append(("unedited_result", ctx.step))
+        return EvalResult(self.name, [Metric("live", -1.0, {"family": "test"})])
+
+
+def test_step_zero_reuses_what_prepare_measured_on_the_unedited_model(tmp_path):
+    model, tok = tiny("llama", seed=0)
+    ev = Baselined()
+    with EditSession(model, tok, method=FakeEditor(model_spec(model)), ledger_dir=tmp_path,
+                     evaluators=[ev], eval_every=2) as session:
+        session.edit(make_requests(2), progress=False)
+        session.rollback(0)  # all edits rolled back: live 0, but not step 0 — measured again
+        session.rollback(1)
+        session.evaluate()
+    assert ("unedited_result", 0) in ev.calls and ("evaluate", 0) not in ev.calls
+    assert [c for c in ev.calls if c[0] == "evaluate"] == [("evaluate", 2), ("evaluate", 2)]
+    first = read_run(tmp_path).evaluations[0]
+    assert first["step"] == 0 and first["result"]["info"]["measured"].startswith("by prepare")
+
+
 @pytest.mark.parametrize("where", ["after_edit_line", "inside_eval"])
 def test_kill_between_an_edit_and_its_evaluation_neither_repeats_nor_drops_it(tmp_path, where):
     requests = make_requests(5)

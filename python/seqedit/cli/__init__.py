@@ -15,6 +15,7 @@ Exit codes: 0 done, 1 the work failed (message on stderr), 2 bad command line or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -24,13 +25,48 @@ class UsageError(Exception):
     """A command-line mistake the parser cannot see (exit 2)."""
 
 
-def _logging(debug: bool) -> None:
+class _NoRedraws:
+    """stderr for a log file: drops progress-bar redraws (writes holding a carriage return, and
+    the newline that closes a bar), which some libraries draw even with TQDM_DISABLE set."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._in_bar = stream, False
+
+    def write(self, text: str) -> int:
+        if "\r" in text:
+            self._in_bar = True
+        elif not (self._in_bar and text == "\n"):
+            self._in_bar = False
+            self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _logging(debug: bool):
+    """seqedit's log lines on stderr with a timestamp, lm-eval's chatter quieted; restored
+    afterwards (main may run inside another program, or a test)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("seqedit")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    root.propagate = False
+    ours, theirs = logging.getLogger("seqedit"), logging.getLogger("lm_eval")
+    saved = ours.handlers[:], ours.level, ours.propagate, theirs.level
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.DEBUG if debug else logging.INFO)
+    ours.propagate = False
+    env = os.environ.get("LMEVAL_LOG_LEVEL")
+    if not debug:  # lm-eval explains its internals at WARNING on every call, and resets its
+        # logger's level from this variable each time
+        os.environ["LMEVAL_LOG_LEVEL"] = env or "ERROR"
+    try:
+        yield
+    finally:
+        ours.handlers[:], level, ours.propagate, their_level = saved
+        ours.setLevel(level)
+        theirs.setLevel(their_level)
+        if env is None:
+            os.environ.pop("LMEVAL_LOG_LEVEL", None)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,17 +83,26 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stderr.isatty():
+        return _main(argv)
     # Third-party bars (transformers, lm-eval) would fill a log with carriage returns; tqdm reads
     # this variable when it is imported (by torch), so it is set before anything heavy loads.
-    if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    stderr, sys.stderr = sys.stderr, _NoRedraws(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stderr = stderr
+
+
+def _main(argv: list[str] | None) -> int:
     from .config import ConfigError
 
     ap = parser()
     args = ap.parse_args(argv)
-    _logging(args.debug)
     try:
-        return int(args.handler(args) or 0)
+        with _logging(args.debug):
+            return int(args.handler(args) or 0)
     except (ConfigError, UsageError) as err:
         if args.debug:
             raise

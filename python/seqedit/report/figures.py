@@ -225,6 +225,7 @@ def draw(plan: Plan, path: Path, labels: list[str]) -> dict[str, Any]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError as err:
         raise ImportError("seqedit.report draws with matplotlib: pip install "
                           "'seqedit[report]' (or matplotlib>=3.8)") from err
@@ -256,6 +257,7 @@ def draw(plan: Plan, path: Path, labels: list[str]) -> dict[str, Any]:
                 ax.set_yscale("log")  # a collapsing model's perplexity spans decades
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel(X_LABEL)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # edits are counted
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
     handles = _legend(plan, labels, variants, colours)
