@@ -46,6 +46,9 @@ CONFIGS = {
     "memit+prune-every": ("memit", [{"name": "prune", "mode": "every", "every": 1}], {}),
     "memit+prune-posthoc": ("memit", [{"name": "prune", "mode": "posthoc"}], {}),
     "memit+d4s": ("memit", ["d4s"], {}),
+    # The released driver's residual split pushes 2.28x the residual over five layers; this one
+    # measures what each layer still lacks (seqedit's flag), to tell the algorithm from the split.
+    "memit+d4s-recompute": ("memit", [{"name": "d4s", "recompute_residual": True}], {}),
     "memit+sora": ("memit", ["sora"], {}),
     "memit+nas": ("memit", [], {"nas_anchor": "measured"}),
     "alphaedit": ("alphaedit", [], {}),
