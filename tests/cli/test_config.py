@@ -98,3 +98,22 @@ def test_reference_lists_every_key():
     text = configs.reference()
     for key in configs.flat_keys():
         assert key in text
+
+
+def test_check_validates_and_prints_the_resolved_config(write_config, capsys, tmp_path):
+    assert main(["run", str(write_config()), "--check", "--set", "guards=[d4s]"]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "- d4s" in out and "max_tokens: 2000" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_readme_example_config_is_valid(tmp_path, capsys):
+    """The config shown in the README, checked as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(# runs/memit-d4s.yaml.*?)```", readme, re.S).group(1)
+    path = tmp_path / "memit-d4s.yaml"
+    path.write_text(block)
+    assert main(["run", str(path), "--check"]) == 0, capsys.readouterr().err

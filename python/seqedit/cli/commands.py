@@ -35,6 +35,12 @@ def _run_dir(path: str) -> Path:
 
 def cmd_run(args) -> int:
     cfg = _load_config(args.config, args.set)
+    if args.check:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), end="")
+        print(f"{args.config}: valid (the resolved config is above; nothing was run)")
+        return 0
     done = execute(cfg, args.config)
     print(f"{done['applied_now']}/{done['edited_now']} steps applied now, "
           f"{done['successful_now']} successful; {done['live_edits']} live edits in "
@@ -198,6 +204,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="run config (YAML); `seqedit config` lists every key")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.edits=1000 --set guards=[d4s]")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the config and print it resolved (defaults filled in)")
     p = add("status", cmd_status, "progress of a run (read-only; safe while it runs)")
     p.add_argument("run")
     p.add_argument("--json", action="store_true")
