@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config as configs
-from .run import execute, load_model, saved_config, session_dir, stats_options
+from ..report import ReportError, session_dir
+from .run import execute, load_model, saved_config, stats_options
 
 log = logging.getLogger("seqedit.cli")
 
@@ -22,23 +23,21 @@ def _load_config(path: str, sets: list[str]) -> dict[str, Any]:
 
 
 def _run_dir(path: str) -> Path:
-    from ..session.ledger import MANIFEST
-
     run_dir = Path(path)
-    if not (session_dir(run_dir) / MANIFEST).exists():
+    try:
+        session_dir(run_dir)
+    except ReportError:
         from . import UsageError
 
         raise UsageError(f"{run_dir} holds no seqedit run (no session manifest in it or in "
-                         f"{run_dir / 'session'})")
+                         f"{run_dir / 'session'})") from None
     return run_dir
 
 
 def cmd_run(args) -> int:
     cfg = _load_config(args.config, args.set)
     if args.check:
-        import yaml
-
-        print(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), end="")
+        print(configs.dump(cfg), end="")
         print(f"{args.config}: valid (the resolved config is above; nothing was run)")
         return 0
     done = execute(cfg, args.config)

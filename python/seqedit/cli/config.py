@@ -76,6 +76,8 @@ SCHEMA: dict[str, Any] = {
 DTYPES = ("float32", "bfloat16", "float16")
 # Keys that may change when a run is continued: they do not change what an edit is.
 RESUMABLE_CHANGES = ("data.edits", "threads", "name")
+# Mappings whose keys are the user's (options, evaluator names): replaced and compared whole.
+OPAQUE = ("method_options", "evaluators")
 
 
 def defaults(schema: dict = SCHEMA) -> dict[str, Any]:
@@ -168,11 +170,18 @@ def _check_shape(data: dict, schema: dict, prefix: str, problems: list[str]) -> 
     return sound
 
 
+def _get(data: Any, key: str) -> Any:
+    """The value at dotted `key`, None where the path is missing."""
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-            and k not in ("method_options", "evaluators") else copy.deepcopy(v)
+            and k not in OPAQUE else copy.deepcopy(v)
     return out
 
 
@@ -184,10 +193,7 @@ def resolve(data: dict[str, Any], source: str = "config", *, base_dir: Path | No
     problems: list[str] = []
     sound = _check_shape(data, SCHEMA, "", problems)
     for name, key in flat_keys().items():
-        node = data
-        for part in name.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if key.required and node is None:
+        if key.required and _get(data, name) is None:
             problems.append(f"{name}: required ({key.help})")
             sound[name] = "."  # a placeholder, so that the other values are still checked
     cfg = _merge(defaults(), sound)
@@ -200,9 +206,7 @@ def resolve(data: dict[str, Any], source: str = "config", *, base_dir: Path | No
 
 
 def _positive(cfg: dict, key: str, problems: list[str], *, zero: bool = False) -> None:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
+    node = _get(cfg, key)
     if node is not None and (node < 0 or node == 0 and not zero):
         problems.append(f"{key}: must be {'≥ 0' if zero else '> 0'}, got {node}")
 
@@ -330,13 +334,19 @@ def _check_evaluators(cfg: dict, problems: list[str]) -> None:
             problems.append(f"{where}: {err}")
 
 
+def dump(cfg: dict[str, Any]) -> str:
+    """The YAML form of a config, keys in schema order (run.yaml, the demo's configs, --check)."""
+    import yaml
+
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+
+
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two resolved configs."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key not in (
-                "method_options", "evaluators"):
+        if isinstance(a, dict) and isinstance(b, dict) and key not in OPAQUE:
             out += changed_keys(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(prefix + key)

@@ -24,7 +24,8 @@ from typing import Any
 
 from .._progress import duration
 from . import config as configs
-from .run import execute, session_dir
+from ..report import session_dir
+from .run import execute
 
 log = logging.getLogger("seqedit.cli")
 RUNS = (("memit", []), ("memit+d4s", ["d4s"]))
@@ -85,14 +86,11 @@ def _last(run_dir: Path) -> dict[str, float]:
 
 
 def _launch(cfg: dict[str, Any], threads: int) -> tuple[subprocess.Popen, Path]:
-    """`seqedit run` on `cfg` in a child process, its log in the run directory."""
-    import yaml
-
+    """`seqedit run` on `cfg` in a child process, its config and log beside its directory."""
     out = Path(cfg["output"])
     out.mkdir(parents=True, exist_ok=True)
     path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump({**cfg, "threads": threads}, sort_keys=False,
-                                   allow_unicode=True), encoding="utf-8")
+    path.write_text(configs.dump({**cfg, "threads": threads}), encoding="utf-8")
     log_path = out.parent / f"{out.name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SEQEDIT_PROGRESS": "lines"}
     with open(log_path, "ab") as log_file:

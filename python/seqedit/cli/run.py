@@ -14,18 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import write_durable
-from .config import RESUMABLE_CHANGES, ConfigError, changed_keys
+from .config import RESUMABLE_CHANGES, ConfigError, changed_keys, dump
 
 RUN_CONFIG = "run.yaml"
 SESSION = "session"
 log = logging.getLogger("seqedit.cli")
-
-
-def session_dir(run_dir: str | Path) -> Path:
-    """The session folder of a run directory; a bare session directory is its own."""
-    run_dir = Path(run_dir)
-    return run_dir / SESSION if (run_dir / SESSION / "manifest.json").exists() or (
-        run_dir / RUN_CONFIG).exists() else run_dir
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
@@ -37,8 +30,6 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
 
 def _claim(cfg: dict[str, Any], source: str) -> Path:
     """Check that the output directory is this run's, or empty; record the config there."""
-    import yaml
-
     out = Path(cfg["output"])
     old = saved_config(out)
     if old is not None:
@@ -52,8 +43,7 @@ def _claim(cfg: dict[str, Any], source: str) -> Path:
         raise ConfigError(source, [f"output: {out} exists and does not hold a seqedit run "
                                    f"(no {RUN_CONFIG}); choose an empty or new directory"])
     out.mkdir(parents=True, exist_ok=True)
-    write_durable(out / RUN_CONFIG, yaml.safe_dump(cfg, sort_keys=False,
-                                                   allow_unicode=True).encode())
+    write_durable(out / RUN_CONFIG, dump(cfg).encode())
     return out
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .._progress import duration
-from .run import saved_config, session_dir
+from ..report import session_dir
+from .run import saved_config
 
 
 def summary(run_dir: str | Path) -> dict[str, Any]:
