@@ -29,10 +29,10 @@ def test_registry_is_read_only_and_holds_the_builtins():
 @pytest.fixture()
 def scratch_registry():
     """The registry outlives a test: what one registers is dropped again afterwards."""
-    saved = dict(registry._REGISTERED)
+    saved = dict(registry._EDITORS._registered)
     yield
-    registry._REGISTERED.clear()
-    registry._REGISTERED.update(saved)
+    registry._EDITORS._registered.clear()
+    registry._EDITORS._registered.update(saved)
 
 
 class PlainRome(RomeEditor):
