@@ -2,7 +2,7 @@
 
     python examples/sequential_run.py --dir runs/memit-1000 --n 1000            # start, or resume
     python examples/sequential_run.py --dir runs/memit-1000 --n 1000 --rollback 17 --export adapter/
-    python examples/sequential_run.py --dir runs/memit-1000 --status    # progress, read-only
+    seqedit status runs/memit-1000                                      # progress, read-only
 
 The first call creates a session directory (manifest, ledger, per-edit deltas) and edits the first
 N CounterFact records one at a time. Kill it at any point (Ctrl-C, SIGKILL, a crash): the next
@@ -19,7 +19,6 @@ from pathlib import Path
 from seqedit import data, models
 from seqedit.session import EditSession
 from seqedit.session.ledger import MANIFEST
-from seqedit.session.reader import read_run
 
 
 def open_session(directory: Path, model, tokenizer, method: str, options: dict, **config):
@@ -64,21 +63,6 @@ def run(model, tokenizer, directory, *, n: int, method: str = "memit", stats_opt
     return summary
 
 
-def status(directory) -> dict:
-    """Progress of the session in `directory`, read from its ledger without opening the session
-    (safe while a run is writing to it: a line still being written is ignored)."""
-    run = read_run(directory)
-    edits = run.edits
-    probs = [p for r in edits for p in r.get("probabilities") or []]
-    applied = [r for r in edits if r.get("status") == "applied"]
-    seconds = [r["timings"]["total_s"] for r in applied if r.get("timings")]
-    return {
-        "edits": len(edits), "applied": len(applied), "refused": len(edits) - len(applied),
-        "rolled_back": len(run.rolled_back), "successful": sum(bool(p.get("success")) for p in probs),
-        "scored": len(probs), "seconds_per_edit": sum(seconds) / len(seconds) if seconds else None,
-    }
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", required=True, help="session directory (created, or resumed if it exists)")
@@ -90,12 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rollback", type=int, nargs="*", default=(), help="edit ids to roll back afterwards")
     ap.add_argument("--export", default=None, help="write the live edits as a PEFT adapter here")
     ap.add_argument("--export-rank", type=int, default=None, help="truncate the adapter to this rank")
-    ap.add_argument("--status", action="store_true", help="only report the progress of --dir (read-only)")
     args = ap.parse_args(argv)
-    if args.status:
-        for key, value in status(args.dir).items():
-            print(f"  {key}: {value}")
-        return
     model, tokenizer = models.load(args.model)
     summary = run(model, tokenizer, args.dir, n=args.n, method=args.method,
                   stats_options={"max_tokens": args.stats_tokens} if args.stats_tokens else None,

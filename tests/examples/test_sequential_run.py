@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from seqedit import data
+from seqedit.cli.status import summary as summary_of
 from seqedit.models import tiny
 from seqedit.session import EditSession
 
@@ -77,14 +78,14 @@ def test_killed_run_resumes_without_losing_or_repeating_an_edit(script, tmp_path
     for k, v in replayed.state_dict().items():
         torch.testing.assert_close(v, fresh.state_dict()[k], rtol=1e-6, atol=1e-6)
 
-    # --status reads the same story from the ledger, and ignores a line still being written
-    expect = {"edits": 4, "applied": 4, "refused": 0, "rolled_back": 1, "scored": 4,
-              "successful": sum(p["success"] for x in edits for p in x["probabilities"])}
-    assert {k: v for k, v in script.status(run_dir).items() if k in expect} == expect
-    assert script.status(run_dir)["seconds_per_edit"] > 0
+    # `seqedit status` reads the same story from the ledger, and ignores a line still being written
+    expect = {"steps": 4, "applied_steps": 4, "refused_steps": 0, "rolled_back": 1, "live_edits": 3,
+              "scored": 4, "successful_after_each": sum(p["success"] for x in edits for p in x["probabilities"])}
+    assert {k: v for k, v in summary_of(run_dir).items() if k in expect} == expect
+    assert summary_of(run_dir)["mean_s_per_edit"] > 0
     with open(run_dir / "ledger.jsonl", "a") as f:
         f.write('{"type": "edit", "edit_id": 4, "requ')
-    assert script.status(run_dir)["edits"] == 4
+    assert summary_of(run_dir)["steps"] == 4
 
 
 def test_resuming_with_another_method_is_refused(script, tmp_path):
