@@ -152,3 +152,28 @@ def test_refuses_to_delete_a_directory_that_is_not_a_venv(devenv, tmp_path):
     with pytest.raises(devenv.SetupError, match="not a virtual environment"):
         devenv.ensure_venv(str(tmp_path))
     assert (tmp_path / "precious").exists()
+
+
+def test_other_pins_make_their_own_venv(devenv, tmp_path, monkeypatch, capsys):
+    """CI's CUDA venv: `venv --pins ci/requirements-cuda.txt` installs only those pins, and its key
+    is theirs (an up-to-date CUDA venv is not rebuilt for the CPU pins, nor the other way round)."""
+    venv = tmp_path / "venv"
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        if cmd[1:3] == ["-m", "venv"]:
+            os.mkdir(cmd[3])
+
+    monkeypatch.setattr(devenv, "_run", fake_run)
+    assert devenv.main(["venv", "--venv", str(venv), "--pins", "ci/requirements-cuda.txt",
+                        "--pins", "ci/requirements-models.txt:nodeps"]) == 0
+    cuda = (("ci/requirements-cuda.txt", False), ("ci/requirements-models.txt", True))
+    assert [c[-3:] for c in calls[1:]] == [["-q", "-r", str(ROOT / cuda[0][0])],
+                                          ["--no-deps", "-r", str(ROOT / cuda[1][0])]]
+    key = (venv / devenv.MARKER).read_text().strip()
+    assert key == devenv.env_key(pin_files=cuda) != devenv.env_key()
+    capsys.readouterr()
+    assert devenv.main(["key", "--pins", "ci/requirements-cuda.txt",
+                        "--pins", "ci/requirements-models.txt:nodeps"]) == 0
+    assert capsys.readouterr().out.strip() == key

@@ -4,6 +4,7 @@
     python3 tools/devenv.py env   --venv PATH   # the venv, then build and install seqedit into it
     python3 tools/devenv.py key                 # the pin key the venv is checked against
     python3 tools/devenv.py clean --venv PATH   # remove the venv
+    python3 tools/devenv.py venv --venv PATH --pins ci/requirements-cuda.txt   # other pins (CI's CUDA venv)
 
 Run with the *base* interpreter (the Makefile's $(PYTHON)): it becomes the venv's Python. The
 venv holds ci/requirements-cpu.txt and, installed with --no-deps, ci/requirements-models.txt. Its
@@ -38,7 +39,7 @@ def stage(msg):
     print("==> " + msg, flush=True)
 
 
-def env_key(root=ROOT, python_version=None, executable=None):
+def env_key(root=ROOT, python_version=None, executable=None, pin_files=PIN_FILES):
     """Hash of the pin files and the interpreter the venv is made from.
 
     The interpreter's full version string and its resolved path both count: a venv links to its
@@ -49,7 +50,7 @@ def env_key(root=ROOT, python_version=None, executable=None):
     if executable is None:
         executable = os.path.realpath(sys.executable)
     h = hashlib.sha256()
-    for rel, nodeps in PIN_FILES:
+    for rel, nodeps in pin_files:
         with open(os.path.join(root, rel), "rb") as f:
             data = f.read()
         h.update(f"{rel} nodeps={nodeps} {len(data)}\n".encode())
@@ -122,9 +123,9 @@ def _remove_venv(venv):
         "Remove it yourself or point SEQEDIT_VENV elsewhere.")
 
 
-def ensure_venv(venv):
+def ensure_venv(venv, pin_files=PIN_FILES):
     check_python()
-    key = env_key()
+    key = env_key(pin_files=pin_files)
     have = read_marker(venv)
     if have == key:
         stage(f"environment {venv} is up to date (pins key {key})")
@@ -140,7 +141,7 @@ def ensure_venv(venv):
     _remove_venv(venv)
     _run([sys.executable, "-m", "venv", venv])
     py = os.path.join(venv, "bin", "python")
-    for rel, nodeps in PIN_FILES:
+    for rel, nodeps in pin_files:
         stage(f"installing the pins of {rel}" + (" (--no-deps)" if nodeps else ""))
         _run([py, "-m", "pip", "install", "-q"] + (["--no-deps"] if nodeps else [])
              + ["-r", os.path.join(ROOT, rel)])
@@ -168,16 +169,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["venv", "env", "key", "clean"])
     ap.add_argument("--venv", default=os.environ.get("SEQEDIT_VENV", os.path.join(ROOT, ".venv")))
+    ap.add_argument("--pins", action="append", metavar="FILE[:nodeps]",
+                    help="pin files relative to the repository, instead of the default ones")
     args = ap.parse_args(argv)
     venv = os.path.abspath(args.venv)
+    pin_files = PIN_FILES
+    if args.pins:
+        pin_files = tuple((p[:-len(":nodeps")], True) if p.endswith(":nodeps") else (p, False)
+                          for p in args.pins)
     try:
         if args.command == "key":
-            print(env_key())
+            print(env_key(pin_files=pin_files))
         elif args.command == "clean":
             stage(f"removing {venv}")
             _remove_venv(venv)
         else:
-            ensure_venv(venv)
+            ensure_venv(venv, pin_files)
             if args.command == "env":
                 install_seqedit(venv)
     except SetupError as e:
