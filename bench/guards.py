@@ -9,30 +9,40 @@ Protocols: "batch10" — the first 1,000 CounterFact edit records as 100 sequent
 "single" — the first 300, one per step. Each config runs as an EditSession in its own
 directory under --runs (default /work/runs/guards/<model>-<protocol>/<config>); calling `run`
 again resumes it from its ledger (no edit lost or repeated) and goes on, so a run can be
-stopped at any point. Evaluators, every 100 edits (and at 0): editing metrics (efficacy right
-after each edit from the session's probe, P(new) > P(true) on the rewrite prompt; retention of a seeded sample of at most 200 live edits after all, binary,
-token-level and generation-based; generalisation; specificity), weight health (mean |W|,
-σ_max(ΔW)/σ_max(W₀), condition number; after each step too) and the quick general probe
-(WikiText-2 perplexity over 4 articles, SST-2, CommonsenseQA-cloze; 200 documents each).
+stopped at any point. Post-hoc PRUNE changes only what the evaluators see, so
+"memit+prune-posthoc" does not recompute MEMIT: it replays the memit run's recorded deltas
+(`RecordedMemit`, checked step by step) as far as that run has gone.
+
+Evaluators, every 100 edits (and at 0): editing metrics (efficacy right after each edit from
+the session's probe, P(new) > P(true) on the rewrite prompt; retention of a seeded sample of at
+most 200 live edits after all, binary, token-level and generation-based; generalisation;
+specificity), weight health (mean |W|, σ_max(ΔW)/σ_max(W₀), condition number; after each step
+too) and the quick general probe (WikiText-2 perplexity over 4 articles, SST-2,
+CommonsenseQA-cloze; 200 documents each).
 Seconds per edit are the session's compute + guard + write + apply + commit time per request
 (probes and evaluations excluded).
 
-`table` reads every run's ledger (read-only, safe while a run is writing), writes
-bench/results/guards/<model>-<protocol>.md (one row per config and checkpoint) and PNG curves
-against the number of edits (matplotlib 3.11.2, bench-only).
+`table` reads every run's ledger (read-only, safe while a run is writing) and writes seqedit's
+report of each group into bench/results/guards/<model>-<protocol>/: report.md (one row per config
+and checkpoint, with how each number was measured), report.html, report.json and PNG curves
+against the number of edits.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
-from seqedit import data, metrics, models
+from seqedit import data, editors, metrics, models
+from seqedit.editors import Delta, SolveError
+from seqedit.editors.memit import MemitEditor
+from seqedit.models import spec as model_spec
 from seqedit.session import EditSession
 from seqedit.session.ledger import MANIFEST
 from seqedit.session.reader import read_run
@@ -44,7 +54,9 @@ NAS_REQUESTS = 200
 CONFIGS = {
     "memit": ("memit", [], {}),
     "memit+prune-every": ("memit", [{"name": "prune", "mode": "every", "every": 1}], {}),
-    "memit+prune-posthoc": ("memit", [{"name": "prune", "mode": "posthoc"}], {}),
+    # Post-hoc PRUNE only changes what the evaluators see, so its edits are plain MEMIT's: it
+    # replays the memit run's recorded deltas (RecordedMemit) instead of recomputing them.
+    "memit+prune-posthoc": ("memit", [{"name": "prune", "mode": "posthoc"}], {"recorded": "memit"}),
     "memit+d4s": ("memit", ["d4s"], {}),
     # The released driver's residual split pushes 2.28x the residual over five layers; this one
     # measures what each layer still lacks (seqedit's flag), to tell the algorithm from the split.
@@ -56,7 +68,6 @@ CONFIGS = {
     "encore": ("encore", [], {}),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "guards"
-EDIT_STAGES = ("compute_s", "guards_s", "write_s", "apply_s", "commit_s")
 
 
 def evaluators():
@@ -71,10 +82,8 @@ def nas_anchor(group: Path, model, tok) -> tuple[float, ...]:
     """NAS's reference norm, measured once per model as the paper's code does (MEMIT's value
     settings, bare prompts, mean ‖v₀ + δ‖ with the top 5% dropped) on NAS_REQUESTS seeded
     random CounterFact train records (the paper: 1,000), on the unedited model; cached."""
-    from seqedit import editors
     from seqedit.editors import EditContext
     from seqedit.editors.norm import measure_anchor
-    from seqedit.models import spec as model_spec
 
     path = group / "nas_anchor.json"
     if path.exists():
@@ -91,12 +100,66 @@ def nas_anchor(group: Path, model, tok) -> tuple[float, ...]:
     return anchor
 
 
+class RecordedMemit(MemitEditor):
+    """MEMIT whose every step returns the delta another MEMIT run (`source`, same protocol)
+    recorded for the same requests (or its refusal), checked against the model it edits: Σ|W| of every edited
+    weight must equal what the source recorded after its previous step (rel 1e-9), and the first
+    step is also recomputed and must match the recorded ΔW (rel 1e-4). The source may still be
+    running: a step it has not made yet stops this run with a clear message."""
+
+    name = "memit-recorded"
+
+    def __init__(self, config, source: Path):
+        super().__init__(config)
+        self.source = Path(source)
+
+    def _find(self, ids: list):
+        steps = read_run(self.source).edits
+        for j, rec in enumerate(steps):
+            if [q["case_id"] for q in rec["requests"]] != ids:
+                continue
+            if rec.get("status") != "applied":  # refused there, so refused here
+                raise SolveError(f"{self.source.name} refused this step: {rec.get('reason')}")
+            applied = [r for r in steps[:j] if r.get("status") == "applied"]
+            return rec, applied[-1] if applied else None
+        raise RuntimeError(f"{self.source} has not edited case ids {ids} yet: continue that run first")
+
+    def compute(self, model, requests, ctx) -> Delta:
+        rec, before = self._find([r.case_id for r in requests])
+        params = dict(model.named_parameters())
+        for name, stats in (before or {}).get("layer_stats", {}).items():
+            have = params[name].detach().double().abs().sum().item()
+            if abs(have - stats["abs_sum_w"]) > 1e-9 * stats["abs_sum_w"]:
+                raise RuntimeError(f"{name}: Σ|W| {have} is not the {stats['abs_sum_w']} the source "
+                                   f"had before edit {rec['edit_id']}: the runs diverged")
+        blob = (self.source / rec["delta"]["file"]).read_bytes()
+        if hashlib.sha256(blob).hexdigest() != rec["delta"]["sha256"]:
+            raise RuntimeError(f"{self.source / rec['delta']['file']}: checksum differs from its ledger's")
+        transposed = {d["name"]: d["transposed"] for d in rec["delta"]["layers"]}
+        delta = Delta.from_tensors(self.name, safetensors.torch.load(blob), transposed,
+                                   {**rec["info"], "recorded_from": f"{self.source.name} edit {rec['edit_id']}"})
+        if before is None:
+            fresh = super().compute(model, requests, ctx)
+            worst = max(float((a.dense() - b.dense()).norm() / b.dense().norm())
+                        for a, b in zip(fresh.layers, delta.layers, strict=True))
+            if worst > 1e-4:
+                raise RuntimeError(f"the first step recomputed differs from {self.source}'s by "
+                                   f"{worst:.2e} (relative Frobenius): the runs would diverge")
+            delta.info["recomputed_rel_diff"] = worst
+        return delta
+
+
 def open_session(directory: Path, model, tok, config: str, batch: int) -> EditSession:
     every = max(1, EVAL_EVERY_EDITS // batch)
+    method, guards, options = CONFIGS[config]
+    if "recorded" in options:
+        method = RecordedMemit(editors.create("memit", model_spec(model)).config,
+                               directory.parent / options["recorded"])
+        options = {k: v for k, v in options.items() if k != "recorded"}
     if (directory / MANIFEST).exists():
         print(f"resuming {directory}", flush=True)
-        return EditSession.resume(directory, model, tok, evaluators=evaluators(), eval_every=every)
-    method, guards, options = CONFIGS[config]
+        return EditSession.resume(directory, model, tok, evaluators=evaluators(), eval_every=every,
+                                  method=None if isinstance(method, str) else method)
     if options.get("nas_anchor") == "measured":
         options = {**options, "nas_anchor": nas_anchor(directory.parent, model, tok)}
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -113,140 +176,32 @@ def run(args) -> None:
         directory = Path(args.runs) / f"{args.model}-{args.protocol}" / config
         model, tok = models.load(args.model)
         start = time.perf_counter()
+        mine = requests
+        if "recorded" in CONFIGS[config][2]:  # as far as the run it replays has gone
+            done = read_run(directory.parent / CONFIGS[config][2]["recorded"]).edits
+            mine = requests[:sum(len(r["requests"]) for r in done)]
+            print(f"{config}: replays {CONFIGS[config][2]['recorded']}, which has made "
+                  f"{len(mine)} edits", flush=True)
         with open_session(directory, model, tok, config, proto["batch"]) as session:
-            todo = session.pending(requests)
-            print(f"{config}: {len(requests) - len(todo)} done, {len(todo)} to go", flush=True)
-            session.edit(requests, batch_size=proto["batch"], progress=True)
+            todo = session.pending(mine)
+            print(f"{config}: {len(mine) - len(todo)} done, {len(todo)} to go", flush=True)
+            session.edit(mine, batch_size=proto["batch"], progress=True)
         print(f"{config}: finished in {time.perf_counter() - start:.0f} s", flush=True)
         del model
 
 
 # -- reading the runs --------------------------------------------------------------------------
-def summarise(directory: Path) -> dict:
-    """Per checkpoint (live edits) the scalar metrics of every after-all result, plus the
-    efficacy right after each edit and the editing seconds per request so far."""
-    run_ = read_run(directory)
-    points, after_each, seconds, requests = {}, [], 0.0, 0
-    for rec in run_.records:
-        if rec.get("type") == "edit" and rec.get("status") == "applied":
-            t = rec.get("timings") or {}
-            seconds += sum(t.get(k, 0.0) for k in EDIT_STAGES)
-            requests += len(rec["requests"])
-            after_each += [bool(p.get("success")) for p in rec.get("probabilities") or []]
-        if rec.get("type") == "eval":
-            res = rec["result"]
-            point = points.setdefault(rec["live_edits"], {
-                "edits": requests, "s_per_edit": seconds / requests if requests else None,
-                "efficacy_after_each": sum(after_each) / len(after_each) if after_each else None})
-            for m in res["metrics"]:
-                if isinstance(m.get("value"), (int, float)) and not isinstance(m["value"], bool):
-                    point[_label(res["evaluator"], m)] = m["value"]
-    return {"config": directory.name, "manifest": run_.manifest, "points": points,
-            "edits": requests}
-
-
-def _label(evaluator: str, metric: dict) -> str:
-    p = metric.get("protocol") or {}
-    parts = [evaluator, metric["name"]]
-    for key in ("family", "schedule", "task", "weight"):
-        if key in p and p[key] not in (evaluator, None):
-            layer = re.search(r"\.(\d+)\.", str(p[key])) if key == "weight" else None
-            parts.append(f"L{layer.group(1)}" if layer else str(p[key]))
-    return "/".join(parts)
-
-
-# Columns of the table: (header, label prefix, how to reduce several weights/tasks to one)
-COLUMNS = [
-    ("edits", "edits", None),
-    ("eff. after each", "efficacy_after_each", None),
-    ("efficacy", "editing/efficacy/binary", "mean"),
-    ("eff. gen", "editing/efficacy/generation", "mean"),
-    ("generalisation", "editing/generalization/binary", "mean"),
-    ("specificity", "editing/specificity/binary", "mean"),
-    ("WikiText ppl", "general/wikitext.word_perplexity", "mean"),
-    ("SST-2", "general/sst2.acc", "mean"),
-    ("CSQA-cloze", "general/commonsenseqa_cloze.acc", "mean"),
-    ("mean|W| ratio (max layer)", "health/l1_ratio/after-all", "max"),
-    ("σmax ΔW/W₀ (max layer)", "health/sigma_max_delta_ratio/after-all", "max"),
-    ("κ ratio (max layer)", "health/condition_ratio/after-all", "max"),
-    ("s/edit", "s_per_edit", None),
-]
-
-
-def cell(point: dict, prefix: str, how: str | None):
-    if how is None:
-        return point.get(prefix)
-    found = [v for k, v in point.items() if k == prefix or k.startswith(prefix + "/")]
-    if not found:
-        return None
-    return max(found) if how == "max" else sum(found) / len(found)
-
-
 def table(args) -> None:
-    root = Path(args.runs)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for group in sorted(p for p in root.iterdir() if p.is_dir()):
-        runs = [summarise(d) for d in sorted(group.iterdir()) if (d / MANIFEST).exists()]
-        if not runs:
-            continue
-        lines = [f"# Guards evidence: {group.name}", "",
-                 f"Written by `python bench/guards.py table` on {time.strftime('%Y-%m-%d')}; "
-                 "protocol in bench/guards.py's docstring.", "",
-                 "| config | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
-                 "|---|" + "---:|" * len(COLUMNS)]
-        for r in runs:
-            for _, point in sorted(r["points"].items()):
-                cells = [_fmt(cell(point, prefix, how)) for _, prefix, how in COLUMNS]
-                lines.append(f"| {r['config']} | " + " | ".join(cells) + " |")
-        (RESULTS / f"{group.name}.md").write_text("\n".join(lines) + "\n")
-        (RESULTS / f"{group.name}.json").write_text(json.dumps(
-            [{k: r[k] for k in ("config", "points", "edits")} for r in runs], indent=1))
-        plot(group.name, runs)
-        print("\n".join(lines))
+    """seqedit's own report over each group of runs (read-only, safe while they are written)."""
+    from seqedit import report
 
-
-def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 10:
-        return f"{int(value)}"
-    return f"{value:.3g}"
-
-
-def plot(name: str, runs: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [c for c in COLUMNS[1:] if c[0] != "s/edit"]
-    cols = 4
-    rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, (header, prefix, how) in zip(axes.flat, panels):
-        for r in runs:
-            xs, ys = [], []
-            for _, point in sorted(r["points"].items()):
-                v = cell(point, prefix, how)
-                if v is not None:
-                    xs.append(point["edits"])
-                    ys.append(v)
-            if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=r["config"])
-        ax.set_title(header)
-        ax.set_xlabel("edits")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    labels = {}
-    for ax in axes.flat:  # one legend for the figure: a config may lack points in some panels
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            labels.setdefault(label, handle)
-    fig.legend(labels.values(), labels.keys(), loc="lower right", fontsize=9)
-    fig.suptitle(f"seqedit guards — {name} (x: edits; ppl lower is better, scores higher)")
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=110)
-    plt.close(fig)
+    for group in sorted(p for p in Path(args.runs).iterdir() if p.is_dir()):
+        dirs = [d for d in sorted(group.iterdir()) if (d / MANIFEST).exists()]
+        if dirs:
+            paths = report.write(dirs, RESULTS / group.name, labels=[d.name for d in dirs],
+                                 title=f"seqedit guards evidence: {group.name} "
+                                       "(bench/guards.py; protocol in its docstring)")
+            print(paths["markdown"].read_text(encoding="utf-8"))
 
 
 def main(argv=None) -> None:
