@@ -65,6 +65,9 @@ CONFIGS = {
     "memit+nas": ("memit", [], {"nas_anchor": "measured"}),
     "alphaedit": ("alphaedit", [], {}),
     "alphaedit+nas": ("alphaedit", [], {"nas_anchor": "measured"}),
+    # The original code's null-space rule (eigenvalues below an absolute 2e-2) against seqedit's
+    # default (below 1e-2·λ_max): the perplexity question of bench/alphaedit_nullspace.py.
+    "alphaedit-absolute": ("alphaedit", [], {"nullspace_relative": False, "nullspace_threshold": 2e-2}),
     "encore": ("encore", [], {}),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "guards"
@@ -169,7 +172,7 @@ def open_session(directory: Path, model, tok, config: str, batch: int) -> EditSe
 
 def run(args) -> None:
     proto = PROTOCOLS[args.protocol]
-    requests = data.load("counterfact", limit=proto["n"])
+    requests = data.load("counterfact", limit=min(proto["n"], args.edits or proto["n"]))
     for config in args.configs.split(","):
         if config not in CONFIGS:
             sys.exit(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
@@ -212,6 +215,7 @@ def main(argv=None) -> None:
     r.add_argument("--protocol", default="batch10", choices=sorted(PROTOCOLS))
     r.add_argument("--configs", default="memit,memit+d4s")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--edits", type=int, help="stop after this many (default: the protocol's)")
     for p in (r, sub.add_parser("table")):
         p.add_argument("--runs", default="/work/runs/guards")
     args = ap.parse_args(argv)
