@@ -24,7 +24,6 @@ from typing import Any
 
 from .._progress import duration
 from . import config as configs
-from ..report import session_dir
 from .run import execute
 
 log = logging.getLogger("seqedit.cli")
@@ -52,37 +51,16 @@ def demo_configs(out: Path, quick: bool, edits: int | None = None) -> list[dict[
     return out_cfgs
 
 
-def _last(run_dir: Path) -> dict[str, float]:
-    """The headline numbers of a run's last checkpoint (max over the edited layers for health)."""
-    from ..session.reader import read_run
+def _last_checkpoints(cfgs: list[dict[str, Any]]) -> str:
+    """The report's summary table at each run's last checkpoint, one row per column."""
+    from ..report import summarise
+    from ..report.tables import table
 
-    run = read_run(session_dir(run_dir))
-    last: dict[str, dict] = {}
-    for rec in run.evaluations:
-        last[rec["evaluator"]] = rec["result"]
-    probs = [p for r in run.edits for p in r.get("probabilities") or []]
-    out: dict[str, float] = {}
-    if probs:
-        out["efficacy right after each edit"] = sum(bool(p.get("success")) for p in probs) / len(probs)
-    wanted = {("editing", "efficacy"): "retention (binary, all live edits)",
-              ("editing", "generalization"): "generalisation (binary)",
-              ("editing", "specificity"): "specificity (binary)",
-              ("general", "wikitext.word_perplexity"): "WikiText-2 word perplexity",
-              ("general", "sst2.acc"): "SST-2 accuracy",
-              ("health", "sigma_max_delta_ratio"): "σmax(ΔW)/σmax(W₀), max layer",
-              ("health", "condition_ratio"): "κ(W)/κ(W₀), max layer"}
-    for evaluator, result in last.items():
-        for m in result["metrics"]:
-            key = wanted.get((evaluator, m["name"]))
-            p = m.get("protocol") or {}
-            if key is None or not isinstance(m.get("value"), (int, float)):
-                continue
-            if evaluator == "editing" and p.get("family") != "binary":
-                continue
-            if evaluator == "health" and p.get("schedule") != "after-all":
-                continue
-            out[key] = max(out.get(key, m["value"]), m["value"])
-    return out
+    runs = [summarise(c["output"], c["name"]) for c in cfgs]
+    headers, rows, _ = table([{**r, "checkpoints": r["checkpoints"][-1:]} for r in runs if r["checkpoints"]])
+    lines = [f"  {'':<28}" + "".join(f"{row[0]:>14}" for row in rows)]
+    lines += [f"  {h:<28}" + "".join(f"{row[j]:>14}" for row in rows) for j, h in enumerate(headers) if j]
+    return "\n".join(lines)
 
 
 def _launch(cfg: dict[str, Any], threads: int) -> tuple[subprocess.Popen, Path]:
@@ -168,14 +146,8 @@ def run_demo(args) -> int:
                          title=f"seqedit demo: MEMIT with and without D4S (SmolLM2-135M, "
                                f"{n} CounterFact edits, one per step)",
                          labels=[c["name"] for c in cfgs])
-    rows = {c["name"]: _last(Path(c["output"])) for c in cfgs}
-    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
-    print(f"\nAfter {n} edits (last checkpoint):")
-    print(f"  {'':<38}" + "".join(f"{name:>14}" for name in rows))
-    for key in keys:
-        cells = "".join(f"{rows[name][key]:>14.3g}" if key in rows[name] else f"{'–':>14}"
-                        for name in rows)
-        print(f"  {key:<38}{cells}")
+    print(f"\nAfter {n} edits (last checkpoint; how each number was measured: the report):")
+    print(_last_checkpoints(cfgs))
     print(f"\nReport: {paths['html']}\n(plots beside it; `seqedit status {out}/memit`; done in "
           f"{duration(time.perf_counter() - started)})")
     return 0
