@@ -35,6 +35,7 @@ from typing import Any
 
 import safetensors.torch
 
+from .. import _safetensors_bytes as safetensors_bytes
 from .._atomic import fsync_dir, write_all, write_atomic, write_durable
 from ..editors.base import Delta
 from .hashing import canonical_json
@@ -405,7 +406,7 @@ class Ledger:
         # Own copies: an editor may hand out views sharing storage (keys = factors), which
         # safetensors refuses to write.
         tensors = {key: t.clone() for key, t in delta.to_tensors().items()}
-        blob = safetensors.torch.save(tensors, metadata={
+        blob = safetensors_bytes.save(tensors, metadata={
             "format": "seqedit-delta", "edit_id": str(edit_id), "method": delta.method})
         write_atomic(self.root / DELTAS / name, blob)
         return {

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .. import _safetensors_bytes as safetensors_bytes
 from .. import _tensor_hash as tensor_hash
-from .._atomic import replace_atomic
+from .._atomic import write_atomic
 from .._cache_root import cache_root
 
 FORMAT_VERSION = 1
@@ -131,7 +131,7 @@ def write(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = {"format": _FORMAT, "key": key, "checksum": file_checksum(tensors, key)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_atomic(path, safetensors_bytes.save(tensors, metadata))
 
 
 def read(path: Path, key: str) -> dict[str, torch.Tensor] | None:
