@@ -30,13 +30,11 @@ against the number of edits.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from seqedit import data, editors, metrics, models
@@ -44,7 +42,7 @@ from seqedit.editors import Delta, SolveError
 from seqedit.editors.memit import MemitEditor
 from seqedit.models import spec as model_spec
 from seqedit.session import EditSession
-from seqedit.session.ledger import MANIFEST
+from seqedit.session.ledger import MANIFEST, read_delta
 from seqedit.session.reader import read_run
 
 PROTOCOLS = {"batch10": {"n": 1000, "batch": 10}, "single": {"n": 300, "batch": 1}}
@@ -105,26 +103,29 @@ def nas_anchor(group: Path, model, tok) -> tuple[float, ...]:
 
 class RecordedMemit(MemitEditor):
     """MEMIT whose every step returns the delta another MEMIT run (`source`, same protocol)
-    recorded for the same requests (or its refusal), checked against the model it edits: Σ|W| of every edited
-    weight must equal what the source recorded after its previous step (rel 1e-9), and the first
-    step is also recomputed and must match the recorded ΔW (rel 1e-4). The source may still be
-    running: a step it has not made yet stops this run with a clear message."""
+    recorded for the same requests (or its refusal), checked against the model it edits: Σ|W|
+    of every edited weight must equal what the source recorded after its previous step (rel
+    1e-9), and the first step is also recomputed and must match the recorded ΔW (rel 1e-4). The
+    source may still be running: a step it has not made yet stops this run with a clear message."""
 
     name = "memit-recorded"
 
     def __init__(self, config, source: Path):
         super().__init__(config)
         self.source = Path(source)
+        self._steps = read_run(self.source).edits  # read again only when a step is not there
 
     def _find(self, ids: list):
-        steps = read_run(self.source).edits
-        for j, rec in enumerate(steps):
-            if [q["case_id"] for q in rec["requests"]] != ids:
-                continue
-            if rec.get("status") != "applied":  # refused there, so refused here
-                raise SolveError(f"{self.source.name} refused this step: {rec.get('reason')}")
-            applied = [r for r in steps[:j] if r.get("status") == "applied"]
-            return rec, applied[-1] if applied else None
+        for fresh in (False, True):
+            if fresh:
+                self._steps = read_run(self.source).edits
+            for j, rec in enumerate(self._steps):
+                if [q["case_id"] for q in rec["requests"]] != ids:
+                    continue
+                if rec.get("status") != "applied":  # refused there, so refused here
+                    raise SolveError(f"{self.source.name} refused this step: {rec.get('reason')}")
+                applied = [r for r in self._steps[:j] if r.get("status") == "applied"]
+                return rec, applied[-1] if applied else None
         raise RuntimeError(f"{self.source} has not edited case ids {ids} yet: continue that run first")
 
     def compute(self, model, requests, ctx) -> Delta:
@@ -135,12 +136,8 @@ class RecordedMemit(MemitEditor):
             if abs(have - stats["abs_sum_w"]) > 1e-9 * stats["abs_sum_w"]:
                 raise RuntimeError(f"{name}: Σ|W| {have} is not the {stats['abs_sum_w']} the source "
                                    f"had before edit {rec['edit_id']}: the runs diverged")
-        blob = (self.source / rec["delta"]["file"]).read_bytes()
-        if hashlib.sha256(blob).hexdigest() != rec["delta"]["sha256"]:
-            raise RuntimeError(f"{self.source / rec['delta']['file']}: checksum differs from its ledger's")
-        transposed = {d["name"]: d["transposed"] for d in rec["delta"]["layers"]}
-        delta = Delta.from_tensors(self.name, safetensors.torch.load(blob), transposed,
-                                   {**rec["info"], "recorded_from": f"{self.source.name} edit {rec['edit_id']}"})
+        delta = read_delta(self.source, rec["delta"], self.name)
+        delta.info = {**rec["info"], "recorded_from": f"{self.source.name} edit {rec['edit_id']}"}
         if before is None:
             fresh = super().compute(model, requests, ctx)
             worst = max(float((a.dense() - b.dense()).norm() / b.dense().norm())
@@ -179,12 +176,11 @@ def run(args) -> None:
         directory = Path(args.runs) / f"{args.model}-{args.protocol}" / config
         model, tok = models.load(args.model)
         start = time.perf_counter()
-        mine = requests
-        if "recorded" in CONFIGS[config][2]:  # as far as the run it replays has gone
-            done = read_run(directory.parent / CONFIGS[config][2]["recorded"]).edits
+        mine, source = requests, CONFIGS[config][2].get("recorded")
+        if source:  # as far as the run it replays has gone
+            done = read_run(directory.parent / source).edits
             mine = requests[:sum(len(r["requests"]) for r in done)]
-            print(f"{config}: replays {CONFIGS[config][2]['recorded']}, which has made "
-                  f"{len(mine)} edits", flush=True)
+            print(f"{config}: replays {source}, which has made {len(mine)} edits", flush=True)
         with open_session(directory, model, tok, config, proto["batch"]) as session:
             todo = session.pending(mine)
             print(f"{config}: {len(mine) - len(todo)} done, {len(todo)} to go", flush=True)

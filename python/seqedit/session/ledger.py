@@ -96,6 +96,17 @@ def delta_file_name(edit_id: int, *, rollback: bool = False) -> str:
     return f"{edit_id:06d}{'.rollback' if rollback else ''}.safetensors"
 
 
+def read_delta(root: Path, described: dict[str, Any], method: str) -> Delta:
+    """The delta file a ledger line describes (`record["delta"]`), checked against its sha256;
+    reads only, so it is safe on a session another process is writing."""
+    path = Path(root) / described["file"]
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != described["sha256"]:
+        raise LedgerError(f"{path}: checksum differs from the ledger's; the file was changed")
+    transposed = {d["name"]: d["transposed"] for d in described["layers"]}
+    return Delta.from_tensors(method, safetensors.torch.load(blob), transposed)
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
@@ -427,12 +438,7 @@ class Ledger:
         return None if found is None else self._load_file(found, self.entries[edit_id].method)
 
     def _load_file(self, described: dict[str, Any], method: str) -> Delta:
-        path = self.root / described["file"]
-        blob = path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != described["sha256"]:
-            raise LedgerError(f"{path}: checksum differs from the ledger's; the file was changed")
-        transposed = {d["name"]: d["transposed"] for d in described["layers"]}
-        return Delta.from_tensors(method, safetensors.torch.load(blob), transposed)
+        return read_delta(self.root, described, method)
 
     def copy_to(self, dest: Path, manifest: dict[str, Any]) -> None:
         """A self-contained copy (every delta the ledger names); the manifest goes last, so a
