@@ -11,7 +11,10 @@ directory under --runs (default /work/runs/guards/<model>-<protocol>/<config>); 
 again resumes it from its ledger (no edit lost or repeated) and goes on, so a run can be
 stopped at any point. Post-hoc PRUNE changes only what the evaluators see, so
 "memit+prune-posthoc" does not recompute MEMIT: it replays the memit run's recorded deltas
-(`RecordedMemit`, checked step by step) as far as that run has gone.
+(`RecordedMemit`, checked step by step) as far as that run has gone. PRUNE after every edit
+leaves the weights bit-identical to MEMIT's until a singular value of ΔW reaches σ_max(W₀), so
+"memit+prune-every" replays them too while its weights still equal the memit run's, and
+computes MEMIT itself from the first step where they differ (or the memit run has not made).
 
 Evaluators, every 100 edits (and at 0): editing metrics (efficacy right after each edit from
 the session's probe, P(new) > P(true) on the rewrite prompt; retention of a seeded sample of at
@@ -51,10 +54,13 @@ NAS_REQUESTS = 200
 # config name → (method, guards, editor options)
 CONFIGS = {
     "memit": ("memit", [], {}),
-    "memit+prune-every": ("memit", [{"name": "prune", "mode": "every", "every": 1}], {}),
-    # Post-hoc PRUNE only changes what the evaluators see, so its edits are plain MEMIT's: it
-    # replays the memit run's recorded deltas (RecordedMemit) instead of recomputing them.
-    "memit+prune-posthoc": ("memit", [{"name": "prune", "mode": "posthoc"}], {"recorded": "memit"}),
+    # Both PRUNE modes start from the memit run's recorded deltas (RecordedMemit): post-hoc only
+    # changes what the evaluators see, so it replays and goes only as far as that run has gone;
+    # "every" replays while its weights equal that run's and computes from where they differ.
+    "memit+prune-every": ("memit", [{"name": "prune", "mode": "every", "every": 1}],
+                          {"recorded": "memit"}),
+    "memit+prune-posthoc": ("memit", [{"name": "prune", "mode": "posthoc"}],
+                            {"recorded": "memit", "as_far_as_recorded": True}),
     "memit+d4s": ("memit", ["d4s"], {}),
     # The released driver's residual split pushes 2.28x the residual over five layers; this one
     # measures what each layer still lacks (seqedit's flag), to tell the algorithm from the split.
@@ -102,11 +108,13 @@ def nas_anchor(group: Path, model, tok) -> tuple[float, ...]:
 
 
 class RecordedMemit(MemitEditor):
-    """MEMIT whose every step returns the delta another MEMIT run (`source`, same protocol)
-    recorded for the same requests (or its refusal), checked against the model it edits: Σ|W|
-    of every edited weight must equal what the source recorded after its previous step (rel
-    1e-9), and the first step is also recomputed and must match the recorded ΔW (rel 1e-4). The
-    source may still be running: a step it has not made yet stops this run with a clear message."""
+    """MEMIT that returns the delta another MEMIT run (`source`, same protocol) recorded for the
+    same requests (or its refusal) while the model it edits is still that run's model: Σ|W| of
+    every edited weight must equal what the source recorded after its previous step (rel 1e-9).
+    Where it differs (a guard changed the weights) or the source has not made the step, it
+    computes MEMIT itself, and from then on always (after a resume: from the first step it
+    checks). The first step is computed too and must match the recorded ΔW (rel 1e-4), so a
+    replay never starts from a different editor."""
 
     name = "memit-recorded"
 
@@ -114,28 +122,38 @@ class RecordedMemit(MemitEditor):
         super().__init__(config)
         self.source = Path(source)
         self._steps = read_run(self.source).edits  # read again only when a step is not there
+        self._compute_reason: str | None = None
 
     def _find(self, ids: list):
+        """(the source's record of this step, its last applied record before it), or None."""
         for fresh in (False, True):
             if fresh:
                 self._steps = read_run(self.source).edits
             for j, rec in enumerate(self._steps):
-                if [q["case_id"] for q in rec["requests"]] != ids:
-                    continue
-                if rec.get("status") != "applied":  # refused there, so refused here
-                    raise SolveError(f"{self.source.name} refused this step: {rec.get('reason')}")
-                applied = [r for r in self._steps[:j] if r.get("status") == "applied"]
-                return rec, applied[-1] if applied else None
-        raise RuntimeError(f"{self.source} has not edited case ids {ids} yet: continue that run first")
+                if [q["case_id"] for q in rec["requests"]] == ids:
+                    applied = [r for r in self._steps[:j] if r.get("status") == "applied"]
+                    return rec, applied[-1] if applied else None
+        return None
 
-    def compute(self, model, requests, ctx) -> Delta:
-        rec, before = self._find([r.case_id for r in requests])
+    def _same_weights(self, model, before) -> bool:
         params = dict(model.named_parameters())
         for name, stats in (before or {}).get("layer_stats", {}).items():
             have = params[name].detach().double().abs().sum().item()
             if abs(have - stats["abs_sum_w"]) > 1e-9 * stats["abs_sum_w"]:
-                raise RuntimeError(f"{name}: Σ|W| {have} is not the {stats['abs_sum_w']} the source "
-                                   f"had before edit {rec['edit_id']}: the runs diverged")
+                return False
+        return True
+
+    def compute(self, model, requests, ctx) -> Delta:
+        found = None if self._compute_reason else self._find([r.case_id for r in requests])
+        if self._compute_reason or found is None or not self._same_weights(model, found[1]):
+            if self._compute_reason is None:  # from here on the weights are never the source's
+                self._compute_reason = "weights differ from" if found else "step not made by"
+            delta = super().compute(model, requests, ctx)
+            delta.info["recorded_from"] = f"computed: {self._compute_reason} {self.source.name}"
+            return delta
+        rec, before = found
+        if rec.get("status") != "applied":  # refused there on the same weights, so refused here
+            raise SolveError(f"{self.source.name} refused this step: {rec.get('reason')}")
         delta = read_delta(self.source, rec["delta"], self.name)
         delta.info = {**rec["info"], "recorded_from": f"{self.source.name} edit {rec['edit_id']}"}
         if before is None:
@@ -155,7 +173,7 @@ def open_session(directory: Path, model, tok, config: str, batch: int) -> EditSe
     if "recorded" in options:
         method = RecordedMemit(editors.create("memit", model_spec(model)).config,
                                directory.parent / options["recorded"])
-        options = {k: v for k, v in options.items() if k != "recorded"}
+        options = {k: v for k, v in options.items() if k not in ("recorded", "as_far_as_recorded")}
     if (directory / MANIFEST).exists():
         print(f"resuming {directory}", flush=True)
         return EditSession.resume(directory, model, tok, evaluators=evaluators(), eval_every=every,
@@ -176,8 +194,9 @@ def run(args) -> None:
         directory = Path(args.runs) / f"{args.model}-{args.protocol}" / config
         model, tok = models.load(args.model)
         start = time.perf_counter()
-        mine, source = requests, CONFIGS[config][2].get("recorded")
-        if source:  # as far as the run it replays has gone
+        mine, options = requests, CONFIGS[config][2]
+        if options.get("as_far_as_recorded"):
+            source = options["recorded"]
             done = read_run(directory.parent / source).edits
             mine = requests[:sum(len(r["requests"]) for r in done)]
             print(f"{config}: replays {source}, which has made {len(mine)} edits", flush=True)

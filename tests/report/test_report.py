@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -43,6 +44,21 @@ def test_series_follow_the_ledger(runs):
     # Per-layer health after each edit, from the edit lines.
     assert len(series["health/l1_ratio/after-each/L1"]["x"]) == len(applied)
     json.dumps(summary, allow_nan=False)  # plain JSON, nothing non-finite
+
+
+def test_seconds_per_edit_is_the_median_step(runs):
+    # A median, so one step timed while the process was paused (SIGSTOP, a laptop lid) does not
+    # set the figure.
+    summary = report.summarise(runs["memit-b1"])
+    run = read_run(runs["memit-b1"])
+    stages = ("compute_s", "guards_s", "write_s", "apply_s", "commit_s")
+    per_step = [sum(r["timings"].get(k, 0.0) for k in stages)
+                for r in run.edits if r["status"] == "applied"]
+    assert len(per_step) >= 3  # else median and mean coincide and this test could not fail
+    assert statistics.median(per_step) != pytest.approx(statistics.fmean(per_step), rel=1e-3)
+    last = summary["checkpoints"][-1]
+    assert last["requests_applied"] == len(per_step)
+    assert last["s_per_edit"] == pytest.approx(statistics.median(per_step), rel=1e-12)
 
 
 def test_single_run_report(runs, tmp_path):
