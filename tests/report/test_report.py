@@ -46,19 +46,19 @@ def test_series_follow_the_ledger(runs):
     json.dumps(summary, allow_nan=False)  # plain JSON, nothing non-finite
 
 
-def test_seconds_per_edit_is_the_median_step(runs):
-    # A median, so one step timed while the process was paused (SIGSTOP, a laptop lid) does not
-    # set the figure.
+def test_seconds_per_edit_is_amortised_over_requests(runs):
+    # The mean over requests, not the median step: D4S spends its time in the few steps that
+    # optimise a batch of targets ahead (the demo's D4S run: median step 1.2 s, mean 7.0 s/edit).
     summary = report.summarise(runs["memit-b1"])
     run = read_run(runs["memit-b1"])
     stages = ("compute_s", "guards_s", "write_s", "apply_s", "commit_s")
     per_step = [sum(r["timings"].get(k, 0.0) for k in stages)
                 for r in run.edits if r["status"] == "applied"]
-    assert len(per_step) >= 3  # else median and mean coincide and this test could not fail
+    assert len(per_step) >= 3  # else median and mean coincide and this test could not tell
     assert statistics.median(per_step) != pytest.approx(statistics.fmean(per_step), rel=1e-3)
     last = summary["checkpoints"][-1]
     assert last["requests_applied"] == len(per_step)
-    assert last["s_per_edit"] == pytest.approx(statistics.median(per_step), rel=1e-12)
+    assert last["s_per_edit"] == pytest.approx(statistics.fmean(per_step), rel=1e-12)
 
 
 def test_single_run_report(runs, tmp_path):

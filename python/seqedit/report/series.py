@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +131,7 @@ def summarise(directory: str | os.PathLike, label: str | None = None) -> dict[st
         raise ReportError(f"{directory}: {err}") from err
     live: dict[int, int] = {}  # edit id → requests in it, for the edits in the model now
     counts = {"applied": 0, "refused": 0, "rolled_back": 0, "requests_applied": 0}
-    state, successes, per_request = 0, [], []  # per_request: each timed step's s / request
+    state, successes, seconds = 0, [], 0.0
     collect, checkpoints, evaluators = _Collector(), {}, {}
     for rec in run.records:
         kind = rec.get("type")
@@ -156,8 +155,8 @@ def summarise(directory: str | os.PathLike, label: str | None = None) -> dict[st
                             sum(successes) / len(successes), len(successes))
             timings = rec.get("timings") or {}
             spent = sum(_number(timings.get(k)) or 0.0 for k in EDIT_STAGES)
+            seconds += spent
             if timings and size:
-                per_request.append(spent / size)
                 collect.add("session/seconds_per_edit", SECONDS_PER_EDIT, where, spent / size, size)
             for result in (rec.get("evaluations") or {}).values():
                 collect.result(result, {**where, "step": result.get("step", state)})
@@ -170,7 +169,7 @@ def summarise(directory: str | os.PathLike, label: str | None = None) -> dict[st
             checkpoints.setdefault(where["state"], {
                 **where, "requests_applied": applied,
                 "efficacy_after_each": sum(successes) / len(successes) if successes else None,
-                "s_per_edit": statistics.median(per_request) if per_request else None})
+                "s_per_edit": seconds / applied if applied else None})
     counts.update(live=len(live), live_requests=sum(live.values()), lines=len(run.records))
     return {"label": label or default_label(directory), "directory": str(directory),
             "session": str(root),

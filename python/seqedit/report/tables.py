@@ -31,9 +31,10 @@ CHECKPOINT_NOTES = {
     "efficacy_after_each": "the session's probe right after each edit, P(target_new) > "
                            "P(target_true) on the rewrite prompt, mean over every request "
                            "applied so far",
-    "s_per_edit": "median over the steps so far of the step's compute + guards + write + apply + "
-                  "commit seconds per request (probes and evaluations excluded; a median, so "
-                  "a step that ran while the process was paused does not move it)"}
+    "s_per_edit": "mean seconds per request of compute + guards + write + apply + commit so far "
+                  "(probes and evaluations excluded): amortised, so the steps in which D4S "
+                  "optimises a batch of targets ahead count in full — and so does a step timed "
+                  "while the process was paused"}
 
 
 def _matches(key: str, prefix: str) -> bool:
