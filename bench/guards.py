@@ -14,7 +14,8 @@ stopped at any point. Post-hoc PRUNE changes only what the evaluators see, so
 (`RecordedMemit`, checked step by step) as far as that run has gone. PRUNE after every edit
 leaves the weights bit-identical to MEMIT's until a singular value of ΔW reaches σ_max(W₀), so
 "memit+prune-every" replays them too while its weights still equal the memit run's, and
-computes MEMIT itself from the first step where they differ (or the memit run has not made).
+computes MEMIT itself from the first step where they differ (or that the memit run has not
+made).
 
 Evaluators, every 100 edits (and at 0): editing metrics (efficacy right after each edit from
 the session's probe, P(new) > P(true) on the rewrite prompt; retention of a seeded sample of at
@@ -144,10 +145,12 @@ class RecordedMemit(MemitEditor):
         return True
 
     def compute(self, model, requests, ctx) -> Delta:
-        found = None if self._compute_reason else self._find([r.case_id for r in requests])
-        if self._compute_reason or found is None or not self._same_weights(model, found[1]):
-            if self._compute_reason is None:  # from here on the weights are never the source's
+        if self._compute_reason is None:
+            found = self._find([r.case_id for r in requests])
+            if found is None or not self._same_weights(model, found[1]):
+                # from here on the weights are never the source's again
                 self._compute_reason = "weights differ from" if found else "step not made by"
+        if self._compute_reason is not None:
             delta = super().compute(model, requests, ctx)
             delta.info["recorded_from"] = f"computed: {self._compute_reason} {self.source.name}"
             return delta
