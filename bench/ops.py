@@ -3,6 +3,7 @@
     python bench/ops.py                 # SmolLM2-135M (576x1536) and Llama-3-8B (4096x14336) shapes
     python bench/ops.py --quick         # SmolLM2 shapes only, about a minute
     python bench/ops.py --device cuda   # the same on the GPU
+    python bench/ops.py --products      # why top_singular multiplies with the thin block on the left
 
 What each row compares (both sides in this process, same inputs, warm-up then the median of
 --reps runs; Llama-size SVD baselines run once because each takes about a minute):
@@ -19,6 +20,9 @@ What each row compares (both sides in this process, same inputs, warm-up then th
   noise edge e = 0.02(√m + √n), X, Y random orthonormal — a decaying spectrum whose 16th value sits
   close to the bulk, the slow case for subspace iteration. "error" is max_i |S_i − σ_i| / σ_0
   against svdvals. GFLOP/s counts the products with A and Aᵀ (4·m·n·p per iteration).
+--products times the two products of a subspace iteration (A V and Aᵀ Q, V and Q thin blocks of
+p = 32 columns) written the plain way and with the thin block on the left, (Vᵀ Aᵀ)ᵀ and (Qᵀ A)ᵀ,
+in float32 and float64, at both shapes and their transposes.
 Machine limits, measured in the same run: stream bandwidth from `torch.add(x, 1, out=y)` over
 256 MiB, and float32 matmul throughput from a 4096² `torch.mm`.
 """
@@ -161,9 +165,25 @@ def bench_top_singular(d_out, d_in, device, reps, k=16):
                 note=f"error {error:.1e}" + ("; svdvals 1 run" if svd_reps == 1 else ""))
 
 
+def bench_products(device, reps, p=32):
+    """Median ms of the four ways to write top_singular's two products, per shape and dtype."""
+    print("| shape | dtype | A V | (Vᵀ Aᵀ)ᵀ | Aᵀ Q | (Qᵀ A)ᵀ |")
+    print("|---|---|---|---|---|---|")
+    for m, n in [s for shape in SHAPES.values() for s in (shape, shape[::-1])]:
+        for dtype in (torch.float32, torch.float64):
+            g = torch.Generator().manual_seed(0)
+            a, v, q = (torch.randn(*s, generator=g, dtype=dtype).to(device)
+                       for s in ((m, n), (n, p), (m, p)))
+            times = [median_ms(f, device, reps) for f in (
+                lambda: a @ v, lambda: (v.mT @ a.mT).mT, lambda: a.mT @ q, lambda: (q.mT @ a).mT)]
+            print(f"| {m}x{n} | {str(dtype)[6:]} | " + " | ".join(f"{t:.1f}" for t in times) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2 shapes only")
+    parser.add_argument("--products", action="store_true",
+                        help="only time the product orders of top_singular's iteration")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None,
@@ -172,6 +192,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.products:
+        print(f"# {platform.machine()} {cpu_name()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, device {device}; median ms of {args.reps}")
+        return bench_products(device, args.reps)
     gbs, gflops = machine_limits(device, args.reps)
     print(f"# {platform.machine()} {cpu_name()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}, backends {ops.backends()}")

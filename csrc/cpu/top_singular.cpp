@@ -2,7 +2,9 @@
 //
 // top_singular runs randomized subspace iteration on a block of p = k + max(k, 10) columns.
 // Each iteration costs one product with A^T and one with A (BLAS; they dominate), a QR of an
-// m x p block and a thin SVD of an n x p block. The Rayleigh-Ritz step
+// m x p block and a thin SVD of an n x p block. Both products are taken with the thin block on
+// the left, (Q^T A)^T and (V^T A^T)^T: MKL's float64 GEMM with a thin right-hand side runs at a
+// third of its speed on the project's AMD CPU (bench/ops.py --products). The Rayleigh-Ritz step
 //   A^T Q = V~ S Y^T  ->  U = Q Y, V = V~
 // makes A^T U = V S exact, so ||A v_i - s_i u_i|| is the whole residual of the pair and bounds
 // the distance from s_i to a singular value of A; iteration stops once every residual of the
@@ -57,16 +59,19 @@ Triplets top_singular_cpu(const at::Tensor& a, int64_t k, double tol, int64_t ma
   auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
   const at::Tensor start = at::randn({n, p}, gen, A.options().device(at::kCPU)).to(A.device());
 
-  at::Tensor av = at::matmul(A, start);
+  // A x for a thin block x [*, n, p], as (x^T A^T)^T (see above); the result is a column-major
+  // view, the layout LAPACK's QR wants anyway.
+  const auto times_a = [&A](const at::Tensor& x) { return at::matmul(x.mT(), A.mT()).mT(); };
+  at::Tensor av = times_a(start);
   TORCH_CHECK_VALUE(at::isfinite(av).all().item<bool>(),
                     "top_singular: a contains non-finite values");
   at::Tensor s, u, v;
   for (int64_t it = 0; it < max_iter; ++it) {
     const at::Tensor q = std::get<0>(at::linalg_qr(av));
     at::Tensor yh;
-    std::tie(v, s, yh) = at::linalg_svd(at::matmul(A.mT(), q), /*full_matrices=*/false);
+    std::tie(v, s, yh) = at::linalg_svd(at::matmul(q.mT(), A).mT(), /*full_matrices=*/false);
     u = at::matmul(q, yh.mH());
-    av = at::matmul(A, v);
+    av = times_a(v);
     const at::Tensor top_s = s.narrow(-1, 0, k).unsqueeze(-2);
     const at::Tensor resid =
         at::linalg_vector_norm(av.narrow(-1, 0, k) - u.narrow(-1, 0, k) * top_s, 2, {-2});

@@ -111,14 +111,14 @@ def top_singular(
     A = (a if batched else a.unsqueeze(0)).to(cdt)
     m, n = A.shape[-2:]
     p = oversampled_rank(k, m, n)
-    av = A @ _random_start(n, p, seed, cdt, A.device)
+    av = (_random_start(n, p, seed, cdt, A.device).mT @ A.mT).mT  # the kernel's product order
     if not bool(torch.isfinite(av).all()):
         raise ValueError("top_singular: a contains non-finite values")
     for _ in range(max_iter):
         q = torch.linalg.qr(av).Q
-        vt, s, yh = torch.linalg.svd(A.mT @ q, full_matrices=False)
+        vt, s, yh = torch.linalg.svd((q.mT @ A).mT, full_matrices=False)
         u, v = q @ yh.mH, vt
-        av = A @ v
+        av = (v.mT @ A.mT).mT
         resid = torch.linalg.vector_norm(av[..., :k] - u[..., :k] * s[..., None, :k], dim=-2)
         if bool((resid.amax(dim=-1) <= tol * s[..., 0]).all()):
             break
