@@ -214,17 +214,39 @@ def run(args) -> None:
 
 
 # -- reading the runs --------------------------------------------------------------------------
+def merged(fresh: list[dict], earlier: list[dict]) -> tuple[list[dict], list[str]]:
+    """The runs to report per config: the one that has made more edits of the run read now from
+    its ledger and the one in the group's committed report.json (run folders do not outlive the
+    machine; the report does). Returns them sorted by label, and the labels taken from before."""
+    done = {s["label"]: s for s in fresh}
+    carried = []
+    for old in earlier:
+        now = done.get(old["label"])
+        if now is None or now["edits"]["requests_applied"] < old["edits"]["requests_applied"]:
+            done[old["label"]] = old
+            carried.append(old["label"])
+    return [done[k] for k in sorted(done)], sorted(carried)
+
+
 def table(args) -> None:
-    """seqedit's own report over each group of runs (read-only, safe while they are written)."""
+    """seqedit's own report over each group of runs (read-only, safe while they are written),
+    keeping the configs that the group's earlier report went further with."""
     from seqedit import report
 
     for group in sorted(p for p in Path(args.runs).iterdir() if p.is_dir()):
         dirs = [d for d in sorted(group.iterdir()) if (d / MANIFEST).exists()]
-        if dirs:
-            paths = report.write(dirs, RESULTS / group.name, labels=[d.name for d in dirs],
-                                 title=f"seqedit guards evidence: {group.name} "
-                                       "(bench/guards.py; protocol in its docstring)")
-            print(paths["markdown"].read_text(encoding="utf-8"))
+        if not dirs:
+            continue
+        out = RESULTS / group.name
+        before = out / "report.json"
+        earlier = json.loads(before.read_text(encoding="utf-8"))["runs"] if before.exists() else []
+        runs, carried = merged([report.summarise(d, d.name) for d in dirs], earlier)
+        note = (f"Carried from the earlier report (ledgers not on this machine): "
+                f"{', '.join(carried)}." if carried else "")
+        paths = report.write_summaries(runs, out, note=note,
+                                       title=f"seqedit guards evidence: {group.name} "
+                                             "(bench/guards.py; protocol in its docstring)")
+        print(paths["markdown"].read_text(encoding="utf-8"))
 
 
 def main(argv=None) -> None:

@@ -111,6 +111,24 @@ def test_compare_overlays_the_runs(runs, tmp_path):
         == {"| A", "| B"}
 
 
+def test_a_report_is_rewritten_from_its_json_without_the_ledgers(runs, tmp_path):
+    copies = [shutil.copytree(runs[k], tmp_path / "runs" / k) for k in ("memit", "memit-b1")]
+    first = report.write(copies, tmp_path / "a", labels=["A", "B"])
+    earlier = json.loads(first["json"].read_text())["runs"]
+    shutil.rmtree(tmp_path / "runs")  # the ledgers need not exist any more
+    again = report.write_summaries(earlier, tmp_path / "b", title="T", note="Carried: A, B.")
+
+    def body(path):
+        return [ln for ln in path.read_text().splitlines()[1:] if not ln.startswith("Written by")]
+    assert body(again["markdown"]) == body(first["markdown"])
+    assert again["markdown"].read_text().startswith("# T")
+    assert "Carried: A, B." in again["markdown"].read_text()
+    assert [f["panels"] for f in again["figures"]] == [f["panels"] for f in first["figures"]]
+    assert json.loads(again["json"].read_text())["runs"] == earlier
+    with pytest.raises(ValueError, match="no runs"):
+        report.write_summaries([], tmp_path / "c")
+
+
 def test_labels_default_to_directory_names_and_stay_distinct(runs, tmp_path):
     other = tmp_path / "elsewhere" / "memit"
     shutil.copytree(runs["memit"], other)

@@ -8,7 +8,7 @@ Reading is read-only and lock-free (`seqedit.session.read_run`), so a run can be
 while it is still being written. Drawing needs matplotlib (`pip install 'seqedit[report]'`); it
 is imported only when a figure is drawn.
 """
-from .build import write
+from .build import write, write_summaries
 from .series import ReportError, series_key, session_dir, summarise
 
-__all__ = ["ReportError", "series_key", "session_dir", "summarise", "write"]
+__all__ = ["ReportError", "series_key", "session_dir", "summarise", "write", "write_summaries"]

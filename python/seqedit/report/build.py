@@ -47,15 +47,26 @@ def write(runs: list[str | os.PathLike] | str | os.PathLike, out_dir: str | os.P
     if not runs:
         raise ValueError("report: no runs given")
     names = _labels(runs, labels)
-    summaries = [summarise(r, label) for r, label in zip(runs, names)]
+    return write_summaries([summarise(r, label) for r, label in zip(runs, names)], out_dir, title)
+
+
+def write_summaries(summaries: list[dict[str, Any]], out_dir: str | os.PathLike,
+                    title: str | None = None, note: str = "") -> dict[str, Any]:
+    """`write` from runs already read: `summarise`'s dicts, or the "runs" of an earlier
+    report.json (a report outlives the ledgers it was read from). `note` ends the report's
+    "written by" line."""
+    if not summaries:
+        raise ValueError("report: no runs given")
+    names = [s["label"] for s in summaries]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if title is None:
         title = (f"seqedit report — {names[0]}" if len(names) == 1
                  else f"seqedit compare — {' vs '.join(names)}")
+    n = len(summaries)
     generated = (f"Written by seqedit {__version__} on {time.strftime('%Y-%m-%d %H:%M')} from "
-                 f"{len(runs)} run{'s' if len(runs) > 1 else ''}; x axes: edit requests live in "
-                 "the model.")
+                 f"{n} run{'s' if n > 1 else ''}; x axes: edit requests live in the model."
+                 + (f" {note}" if note else ""))
     drawn = []
     for plan in figures.plans(summaries):
         record: dict[str, Any] = {}
