@@ -243,7 +243,11 @@ def table(args) -> None:
         runs, carried = merged([report.summarise(d, d.name) for d in dirs], earlier)
         note = (f"Carried from the earlier report (ledgers not on this machine): "
                 f"{', '.join(carried)}." if carried else "")
-        paths = report.write_summaries(runs, out, note=note,
+        replayed = [r["label"] for r in runs if r["manifest"].get("method") == RecordedMemit.name]
+        if replayed:
+            note += (f" The s/edit of {', '.join(replayed)} is mostly the cost of replaying the "
+                     "memit run's recorded deltas, not of computing them.")
+        paths = report.write_summaries(runs, out, note=note.strip(),
                                        title=f"seqedit guards evidence: {group.name} "
                                              "(bench/guards.py; protocol in its docstring)")
         print(paths["markdown"].read_text(encoding="utf-8"))
