@@ -232,6 +232,24 @@ def test_an_untied_output_embedding_is_not_retied(one_thread, offline, tmp_path)
     assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
 
 
+def test_no_subprocess_runs_and_lm_eval_is_left_as_found(one_thread, offline, tmp_path,
+                                                          monkeypatch):
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args[:1]}")
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    found = evaluator.get_git_commit_hash, evaluator.add_env_info
+    model, tok = tiny("llama", seed=0)
+    ev = create("general", tasks=["sst2"], limit=2, batch_size=2)
+    ev.prepare(model, context(tok, tmp_path))
+    result = ev.evaluate(model, context(tok, tmp_path))
+    assert result.metrics and all(math.isfinite(m.value) for m in result.metrics)
+    assert (evaluator.get_git_commit_hash, evaluator.add_env_info) == found
+
+
 def test_quick_probe_defaults_and_frozen_config():
     ev = GeneralEvaluator()
     assert ev.config.tasks == ("wikitext", "sst2", "commonsenseqa_cloze")

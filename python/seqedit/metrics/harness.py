@@ -204,7 +204,7 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
     logger.info("lm-eval on %s", ", ".join(f"{s.name} ({len(docs[s.name])} docs)" for s in specs))
     start, was_training = time.perf_counter(), model.training
     try:
-        with offline():
+        with offline(), _no_environment_report():
             with _no_retie(model):
                 lm = SharedContextLM(pretrained=model, tokenizer=tokenizer,
                                      batch_size=batch_size, max_length=max_length)
@@ -231,6 +231,21 @@ def run_tasks(model: torch.nn.Module, tokenizer: Any, specs: list[TaskSpec],
                                   [_answer(spec, s) for s in ordered])
     logger.info("lm-eval done in %.1f s", seconds)
     return runs
+
+
+@contextlib.contextmanager
+def _no_environment_report() -> Iterator[None]:
+    # simple_evaluate adds a report of the environment to its results, which seqedit drops: it
+    # runs `git describe` in the working directory (printing "fatal: not a git repository" to
+    # the terminal outside a checkout) and torch's collect_env subprocesses (≈ 2 s per call).
+    import lm_eval.evaluator as evaluator
+
+    saved = evaluator.get_git_commit_hash, evaluator.add_env_info
+    evaluator.get_git_commit_hash, evaluator.add_env_info = (lambda: None), (lambda results: None)
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash, evaluator.add_env_info = saved
 
 
 @contextlib.contextmanager
