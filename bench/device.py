@@ -22,10 +22,11 @@ token counts close to Llama-3's; without it the byte tokenizer makes sequences ~
 
 Per batch size: one EditSession (MEMIT defaults, layers 4-8, key statistics over --stats-tokens
 tokens of the packaged Wikipedia corpus, no evaluators), the first --edits CounterFact edit records
-in steps of that size. Printed: key-statistics time, per step the ledger's timings (compute = keys,
-value optimisation and solve; apply = the fused rank update; probes), the median compute and total
-per request, value-optimisation steps per request, and peak device memory. One JSON line per run
-to --out if given.
+in steps of that size. Printed: the key-statistics time, then per batch size one JSON line with the
+medians over the steps of the ledger's timings per request (compute = keys, value optimisation and
+solve; apply = the fused rank update; total = the whole step with its probes), the session's
+opening time (it fingerprints every weight), value-optimisation steps per request and peak device
+memory; the same line is appended to --out if given.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 // top_singular runs randomized subspace iteration on a block of p = k + max(k, 10) columns.
 // Each iteration costs one product with A^T and one with A (BLAS; they dominate), a QR of an
 // m x p block and a thin SVD of an n x p block. Both products are taken with the thin block on
-// the left, (Q^T A)^T and (V^T A^T)^T: MKL's float64 GEMM with a thin right-hand side runs at a
-// third of its speed on the project's AMD CPU (bench/ops.py --products). The Rayleigh-Ritz step
+// the left, (Q^T A)^T and (V^T A^T)^T: MKL's float64 GEMM with a thin right-hand side is 2-4x
+// slower on the project's AMD CPU (bench/ops.py --products). The Rayleigh-Ritz step
 //   A^T Q = V~ S Y^T  ->  U = Q Y, V = V~
 // makes A^T U = V S exact, so ||A v_i - s_i u_i|| is the whole residual of the pair and bounds
 // the distance from s_i to a singular value of A; iteration stops once every residual of the
