@@ -73,6 +73,10 @@ CONFIGS = {
     # The original code's null-space rule (eigenvalues below an absolute 2e-2) against seqedit's
     # default (below 1e-2·λ_max): the perplexity question of bench/alphaedit_nullspace.py.
     "alphaedit-absolute": ("alphaedit", [], {"nullspace_relative": False, "nullspace_threshold": 2e-2}),
+    # NAS on the AlphaEdit measured at batch 10 (the original rule), so the two differ by NAS only.
+    "alphaedit-absolute+nas": ("alphaedit", [], {"nullspace_relative": False,
+                                                 "nullspace_threshold": 2e-2,
+                                                 "nas_anchor": "measured"}),
     "encore": ("encore", [], {}),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "guards"

@@ -33,6 +33,27 @@ def test_sora_shrinks_the_outliers_drift_and_keeps_the_edit(tmp_path, one_thread
     assert result.post["new"] > result.pre["new"]
 
 
+def test_sora_with_inline_probes_resumes(tmp_path, one_thread):
+    """The manifest holds the probes as JSON; resume rebuilds the same guard from it."""
+    model, tok = tiny("llama", seed=0)
+    guard = {"name": "sora", "probes": PROBES, "n_probes": len(PROBES), "z_threshold": None,
+             "top_q": 0.1, "max_outliers": 3, "layer": 1}
+    edits = [EditRequest(prompt="The capital of {} is", subject=f"Country {i}",
+                         target_new=city, target_true="Rome", case_id=i)
+             for i, city in enumerate(("Paris", "Berlin"))]
+    with EditSession(model, tok, "memit", layers=[0, 1], stats_options=stats_options(tmp_path),
+                     ledger_dir=tmp_path / "s", guards=[guard], **FAST) as s:
+        s.edit(edits[:1], progress=False)
+        config = s._guards[0].config
+    base, _ = tiny("llama", seed=0)
+    with EditSession.resume(tmp_path / "s", base, tok, stats_options=stats_options(tmp_path),
+                            progress=False) as resumed:
+        assert resumed._guards[0].config == config
+        (result,) = resumed.edit(edits[1:], progress=False)
+        info = list(resumed.records())[-1]["info"]["guards"]["sora"]
+    assert result.status == "applied" and info["re_solved"], result.reason
+
+
 def test_sora_needs_memit(tmp_path):
     model, tok = tiny("llama", seed=0)
     with pytest.raises(GuardError, match="MEMIT's key/residual form"):
@@ -43,6 +64,22 @@ def test_sora_needs_memit(tmp_path):
     with pytest.raises(GuardError, match="max_outliers"):
         EditSession(model, tok, "memit", layers=[0, 1],
                     guards=[{"name": "sora", "probes": PROBES, "max_outliers": 0}])
+
+
+def test_sora_options_are_goras_plus_its_cap():
+    from dataclasses import fields
+
+    from seqedit.guards.sora import SoraConfig, SoraGuard
+    from seqedit.metrics.gora import GoraConfig
+
+    assert {f.name for f in fields(SoraConfig)} == {f.name for f in fields(GoraConfig)}
+    cfg = SoraConfig.from_dict({"n_probes": 50, "top_q": 0.1, "z_threshold": None})
+    assert SoraConfig.from_dict(cfg.to_dict()) == cfg
+    assert (cfg.max_outliers, cfg.answers, cfg.site) == (8, False, GoraConfig.site)
+    for bad, match in (({"answers": True}, "sora: answers"), ({"n_probes": 0}, "sora: gora: n_probes"),
+                       ({"radius": 1}, "sora has no option"), ({"max_outliers": 1.5}, "max_outliers")):
+        with pytest.raises(GuardError, match=match):
+            SoraGuard(probes=PROBES, **bad)
 
 
 @pytest.mark.slow

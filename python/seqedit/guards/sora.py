@@ -22,6 +22,7 @@ lower layer's update); that first-order simplification is part of the reconstruc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,48 +31,48 @@ import torch
 from ..editors import _solve
 from ..editors import keys as _keys
 from ..editors.base import Delta, LayerDelta, SolveError
+from ..metrics.gora import GoraConfig, GoraEvaluator
 from .base import GuardBase, GuardConfig, GuardContext, GuardError, record, require_plain_memit
 
 
-@dataclass(frozen=True)
-class SoraConfig(GuardConfig):
-    """The GORA options that find the outliers (see `seqedit.metrics.gora.GoraConfig`), and
-    max_outliers = m, the most probes re-edited per step."""
+@dataclass
+class SoraConfig(GoraConfig, GuardConfig):
+    """GORA's options (`seqedit.metrics.gora.GoraConfig`, validated there) choose the probes and
+    the outlier rule; max_outliers = m, the most probes re-edited per step. SORA reads only the
+    probes' states, never GORA's teacher-forced answers, so `answers` stays False."""
 
     guard = "sora"
 
-    probes: Any = "counterfact"
-    probe_split: str | None = "train"
-    n_probes: int = 200
-    layer: int | None = None
-    site: str = "block_out"
-    z_threshold: float | None = 3.0
-    top_q: float | None = None
-    min_change: float = 1e-5
     max_outliers: int = 8
-    batch_size: int = 32
+    answers: bool = False
 
-    def gora_options(self) -> dict[str, Any]:
-        names = ("probes", "probe_split", "n_probes", "layer", "site", "z_threshold", "top_q",
-                 "min_change", "batch_size")
-        return {n: getattr(self, n) for n in names} | {"answers": False,
-                                                        "max_outliers": self.max_outliers}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.answers is not False:
+            raise ValueError("answers must be False (SORA does not read GORA's answers)")
+        if self.max_outliers < 1:
+            raise ValueError(f"max_outliers must be an int >= 1, got {self.max_outliers!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(self.probes, list):  # the manifest's JSON form, read back by __post_init__
+            out["probes"] = [p.to_dict() for p in self.probes]
+        return out
 
 
 class SoraGuard(GuardBase):
     name = "sora"
 
     def __init__(self, **options: Any) -> None:
-        from ..metrics.gora import GoraEvaluator
-
-        self.config = SoraConfig.from_dict(options)
         try:
-            self._gora = GoraEvaluator(**self.config.gora_options())
+            self.config = SoraConfig.from_dict(options)
+        except GuardError:
+            raise
         except ValueError as err:
             raise GuardError(f"sora: {err}") from None
-        if not (isinstance(self.config.max_outliers, int) and self.config.max_outliers >= 1):
-            raise GuardError(f"sora: max_outliers must be an int >= 1, got "
-                             f"{self.config.max_outliers!r}")
+        # shallow: asdict would turn EditRequest probes into dicts
+        self._gora = GoraEvaluator(**{f.name: getattr(self.config, f.name)
+                                      for f in dataclasses.fields(GoraConfig)})
         self._prepared = False
 
     def bind(self, editor: Any, spec: Any) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,9 @@ from .base import AFTER_ALL, EvalContext, EvalResult, Metric, configure
 @dataclass
 class GoraConfig:
     """probes: a dataset name or path for `seqedit.data.load` (read with `probe_split`), or a
-    list of EditRequests; the first `n_probes` are used, then the first `mquake_probes` MQuAKE
-    single-hop rewrites are added. Every probe needs target_true and target_new.
+    list of EditRequests (or their `to_dict` forms); the first `n_probes` are used, then the
+    first `mquake_probes` MQuAKE single-hop rewrites are added. Every probe needs target_true and
+    target_new.
     layer: None = the deepest layer whose MLP output weight the editor edits (`ctx.weights`),
     else the middle layer. top_q (a fraction) replaces the z rule when set; a node must also
     have moved by more than min_change to be flagged. max_outliers caps the list, not the count.
@@ -69,6 +71,9 @@ class GoraConfig:
     answers: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.probes, (list, tuple)):  # probes given inline, or read back from JSON
+            self.probes = [EditRequest.from_dict(p) if isinstance(p, Mapping) else p
+                           for p in self.probes]
         for name, low in (("n_probes", 1), ("mquake_probes", 0), ("k", 1), ("max_outliers", 0),
                           ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
