@@ -77,7 +77,9 @@ def test_unchanged_model_scores_zero(arch, probes, request):
     for name in ("ged", "ged_ego", "ged_ego_max", "flip_all", "flip_neighbours", "flip_random",
                  "impact", "outliers", "change_max", "target_change"):
         assert got[name] == 0.0, name
-    assert result.info["outliers"] == [] and ev.outliers(model, ctx) == []
+    now = ev.probe_states(model, ctx)
+    flagged, d = ev.outliers(now, now)
+    assert result.info["outliers"] == [] and flagged == [] and float(d.abs().max()) == 0.0
     for m in result.metrics:
         assert m.protocol["family"] == "gora" and m.protocol["experimental"] is True
         assert m.protocol["layer"] == 2 and m.protocol["nodes"] == N_PROBES
@@ -119,16 +121,18 @@ def test_outliers_are_the_planted_nodes(llama, probes):
     v = torch.linalg.pinv(keys) @ want
     gen = torch.Generator().manual_seed(1)
     u = torch.randn(spec.hidden_size, generator=gen, dtype=torch.float64)
-    h0 = ev.unedited_state(planted[0]).double()
+    before = ev.probe_states(model, ctx)
+    h0 = before[planted[0]].double()
     plant(model, 2, (u * h0.norm() / u.norm()).float(), v.float())
     result = ev.evaluate(model, ctx)
     found = [o["probe"] for o in result.info["outliers"]]
     assert sorted(found) == planted and values(result)["outliers"] == 2.0
     assert {o["case_id"] for o in result.info["outliers"]} == {probes[i].case_id for i in planted}
-    again = ev.outliers(model, ctx)
-    assert sorted(r.subject for r in again) == sorted(probes[i].subject for i in planted)
-    assert all(r.target_new == probes[i].target_true for r, i in
-               zip(again, [o["probe"] for o in result.info["outliers"]]))
+    # SORA's reading: the same probes, in the same order, from two sets of states
+    again, d = ev.outliers(before, ev.probe_states(model, ctx))
+    assert again == found and [ev.probes[i].case_id for i in again] == [
+        o["case_id"] for o in result.info["outliers"]]
+    assert d[again].tolist() == [o["score"] for o in result.info["outliers"]]
     # The key of the same layer is the projection's input: an edit there is invisible to it.
     key_ev = GoraEvaluator(probes=probes, k=K, site="key")
     with ctx.unedited():
@@ -147,7 +151,7 @@ def test_evaluate_leaves_weights_bit_identical(gpt2, probes):
           torch.randn(spec.mlp_hidden_size, generator=gen) * 0.05)
     before = {n: t.clone() for n, t in model.state_dict().items()}
     ev.evaluate(model, ctx)
-    ev.outliers(model, ctx)
+    ev.probe_states(model, ctx)
     after = model.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
 

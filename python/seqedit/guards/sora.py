@@ -90,17 +90,14 @@ class SoraGuard(GuardBase):
 
     def _states(self, ctx: GuardContext, delta: Delta | None) -> torch.Tensor:
         with _added(ctx, delta):
-            return self._gora._states(ctx.model, self._ectx, self._gora._require().probes)
+            return self._gora.probe_states(ctx.model, self._ectx)
 
     def guard(self, delta: Delta, requests: list, ctx: GuardContext) -> Delta:
         if not self._prepared:
             self._prepare(ctx)
-        from ..metrics import _gora_graph as g
-
-        probes = self._gora._require().probes
+        probes = self._gora.probes
         before = self._states(ctx, None)
-        d = g.change_scores(before, self._states(ctx, delta))
-        flagged, _ = self._gora._flagged(d)
+        flagged, d = self._gora.outliers(before, self._states(ctx, delta))
         chosen = flagged[:self.config.max_outliers]
         entry = {"outliers": [probes[i].case_id for i in chosen], "n_flagged": len(flagged),
                  "change_mean_proposed": float(d.mean())}
@@ -108,7 +105,7 @@ class SoraGuard(GuardBase):
             record(delta, self.name, entry | {"re_solved": False})
             return delta
         out = self._resolve(delta, [probes[i] for i in chosen], ctx)
-        after = g.change_scores(before, self._states(ctx, out))
+        _, after = self._gora.outliers(before, self._states(ctx, out))
         entry |= {"re_solved": True, "change_mean_sora": float(after.mean()),
                   "outlier_change_proposed": float(d[chosen].mean()),
                   "outlier_change_sora": float(after[chosen].mean())}

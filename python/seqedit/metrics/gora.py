@@ -18,8 +18,8 @@ prompt's last token ("final").
   targets' hidden-space neighbours (top-k probes by cosine of unedited states, other subjects),
   on a seeded random sample of the other probes, and their gap, "impact".
 - Outliers: dᵢ = ‖h¹ᵢ − h⁰ᵢ‖/‖h⁰ᵢ‖, flagged by z-score > z* (or top-q), listed in
-  `EvalResult.info["outliers"]`; `outliers(model, ctx)` returns them as restoring EditRequests
-  for SORA.
+  `EvalResult.info["outliers"]`. SORA flags its own, between the states before and after a
+  proposed edit (`probe_states`, `outliers(before, after)`).
 
 Cost: `prepare` reads h⁰ (forwards stop after `layer`), builds G₀ and reads the N unedited
 answers; `evaluate` re-reads the N states and answers on the current model, plus the live edits'
@@ -299,16 +299,20 @@ class GoraEvaluator:
                 "target_true": q.target_true, "score": float(d[i]), "z": float(z[i]),
                 "unedited_prefers_true": None if p.answers0 is None else bool(p.answers0[i])}
 
-    def outliers(self, model: torch.nn.Module, ctx: EvalContext) -> list[EditRequest]:
-        """The flagged probes (largest change first, at most max_outliers) as EditRequests that
-        restore them: target_new = the probe's true object, target_true None, case_id
-        "gora:<case_id>". Reads only the N probe states; the model is not changed."""
-        p = self._require()
-        flagged, _ = self._flagged(g.change_scores(p.h0, self._states(model, ctx, p.probes)))
-        return [EditRequest(prompt=q.prompt, subject=q.subject, target_new=q.target_true,
-                            case_id=f"gora:{q.case_id}")
-                for q in (p.probes[i] for i in flagged[:self.config.max_outliers])]
+    # -- what SORA reads (guards/sora.py) ---------------------------------------------------
 
-    def unedited_state(self, probe: int) -> torch.Tensor:
-        """h⁰ of one probe (what SORA's preservation targets are read against)."""
-        return self._require().h0[probe].clone()
+    @property
+    def probes(self) -> list[EditRequest]:
+        return self._require().probes
+
+    def probe_states(self, model: torch.nn.Module, ctx: EvalContext) -> torch.Tensor:
+        """[N, d]: the probes' states on the model as it is now (SORA reads them with and
+        without a proposed edit hooked in). The model is not changed."""
+        return self._states(model, ctx, self._require().probes)
+
+    def outliers(self, before: torch.Tensor, after: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+        """(flagged, d): d = the probes' change scores from `before` to `after` (states as
+        `probe_states` returns them); flagged = the indices of the probes GORA's rule flags on
+        d, largest change first (all of them: max_outliers caps what a caller keeps)."""
+        d = g.change_scores(before, after)
+        return self._flagged(d)[0], d
