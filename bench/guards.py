@@ -29,7 +29,8 @@ Seconds per edit are the session's compute + guard + write + apply + commit time
 `table` reads every run's ledger (read-only, safe while a run is writing) and writes seqedit's
 report of each group into bench/results/guards/<model>-<protocol>/: report.md (one row per config
 and checkpoint, with how each number was measured), report.html, report.json and PNG curves
-against the number of edits.
+against the number of edits; for a SORA run also <config>-records.md, what SORA did per 100
+edits (re-solves, outliers, GORA change scores of proposal and re-solve) from its ledger records.
 """
 from __future__ import annotations
 
@@ -232,6 +233,50 @@ def merged(fresh: list[dict], earlier: list[dict]) -> tuple[list[dict], list[str
     return [done[k] for k in sorted(done)], sorted(carried)
 
 
+SORA_FIELDS = ("change_mean_proposed", "change_mean_sora", "outlier_change_proposed",
+               "outlier_change_sora")
+
+
+def sora_records(directory: Path, window: int = EVAL_EVERY_EDITS) -> str:
+    """What SORA did, from its ledger records, per `window` edit requests: how often it
+    re-solved, how many probes it flagged and kept, and GORA's change scores of the proposal
+    and of the re-solve (mean over the probes; mean over the outliers)."""
+    rows, done = {}, 0
+    for rec in read_run(directory).edits:
+        if rec.get("status") != "applied":
+            continue
+        done += len(rec["requests"])
+        s = rec["info"]["guards"]["sora"]
+        row = rows.setdefault((done - 1) // window, {"steps": 0, "re_solved": 0, "flagged": 0,
+                                                     "kept": 0, **{f: [] for f in SORA_FIELDS}})
+        row["steps"] += 1
+        row["re_solved"] += s["re_solved"]
+        row["flagged"] += s["n_flagged"]
+        row["kept"] += len(s["outliers"])
+        for f in SORA_FIELDS:
+            if f in s:
+                row[f].append(s[f])
+
+    def mean(xs):
+        return f"{sum(xs) / len(xs):.4f}" if xs else "–"
+
+    lines = [f"# SORA's records: {directory.name} (bench/guards.py; `info.guards.sora` of each "
+             "applied step)", "",
+             "GORA change scores d = ‖h⁺ − h‖/‖h‖ of the 200 probes at the deepest edited layer, "
+             "between the model before a step and with the proposal (MEMIT's) or SORA's "
+             "re-solve added; 'outliers' = the probes SORA re-solved with (at most "
+             "max_outliers). Means over the steps of each window; the outlier means over the "
+             "steps that re-solved.", "",
+             "| edits | steps | re-solved | flagged per step | kept per step | d mean: proposal "
+             "| d mean: SORA | d outliers: proposal | d outliers: SORA |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for w, r in sorted(rows.items()):
+        lines.append(f"| {w * window + 1}–{(w + 1) * window} | {r['steps']} | {r['re_solved']} | "
+                     f"{r['flagged'] / r['steps']:.1f} | {r['kept'] / r['steps']:.1f} | "
+                     + " | ".join(mean(r[f]) for f in SORA_FIELDS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(args) -> None:
     """seqedit's own report over each group of runs (read-only, safe while they are written),
     keeping the configs that the group's earlier report went further with."""
@@ -255,6 +300,9 @@ def table(args) -> None:
                                        title=f"seqedit guards evidence: {group.name} "
                                              "(bench/guards.py; protocol in its docstring)")
         print(paths["markdown"].read_text(encoding="utf-8"))
+        for d in dirs:
+            if any(g.get("name") == "sora" for g in read_run(d).manifest.get("guards") or []):
+                (out / f"{d.name}-records.md").write_text(sora_records(d), encoding="utf-8")
 
 
 def main(argv=None) -> None:
