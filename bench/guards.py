@@ -47,7 +47,7 @@ from seqedit.editors import Delta, SolveError
 from seqedit.editors.memit import MemitEditor
 from seqedit.models import spec as model_spec
 from seqedit.session import EditSession
-from seqedit.session.ledger import MANIFEST, read_delta
+from seqedit.session.ledger import MANIFEST, read_delta, read_manifest
 from seqedit.session.reader import read_run
 
 PROTOCOLS = {"batch10": {"n": 1000, "batch": 10}, "single": {"n": 300, "batch": 1}}
@@ -301,7 +301,7 @@ def table(args) -> None:
                                              "(bench/guards.py; protocol in its docstring)")
         print(paths["markdown"].read_text(encoding="utf-8"))
         for d in dirs:
-            if any(g.get("name") == "sora" for g in read_run(d).manifest.get("guards") or []):
+            if any(g.get("name") == "sora" for g in read_manifest(d).get("guards") or []):
                 (out / f"{d.name}-records.md").write_text(sora_records(d), encoding="utf-8")
 
 

@@ -78,8 +78,8 @@ def test_unchanged_model_scores_zero(arch, probes, request):
                  "impact", "outliers", "change_max", "target_change"):
         assert got[name] == 0.0, name
     now = ev.probe_states(model, ctx)
-    flagged, d = ev.outliers(now, now)
-    assert result.info["outliers"] == [] and flagged == [] and float(d.abs().max()) == 0.0
+    d = ev.change_scores(now, now)
+    assert result.info["outliers"] == [] and ev.outliers(d) == [] and float(d.abs().max()) == 0.0
     for m in result.metrics:
         assert m.protocol["family"] == "gora" and m.protocol["experimental"] is True
         assert m.protocol["layer"] == 2 and m.protocol["nodes"] == N_PROBES
@@ -129,7 +129,8 @@ def test_outliers_are_the_planted_nodes(llama, probes):
     assert sorted(found) == planted and values(result)["outliers"] == 2.0
     assert {o["case_id"] for o in result.info["outliers"]} == {probes[i].case_id for i in planted}
     # SORA's reading: the same probes, in the same order, from two sets of states
-    again, d = ev.outliers(before, ev.probe_states(model, ctx))
+    d = ev.change_scores(before, ev.probe_states(model, ctx))
+    again = ev.outliers(d)
     assert again == found and [ev.probes[i].case_id for i in again] == [
         o["case_id"] for o in result.info["outliers"]]
     assert d[again].tolist() == [o["score"] for o in result.info["outliers"]]

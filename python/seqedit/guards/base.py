@@ -41,7 +41,7 @@ class GuardConfig:
     guard = "guard"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: _json_form(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -50,6 +50,15 @@ class GuardConfig:
         if unknown:
             raise GuardError(f"{cls.guard} has no option(s) {unknown}; options: {sorted(known)}")
         return cls(**data)
+
+
+def _json_form(value: Any) -> Any:
+    """A config value as the manifest holds it: a value's own `to_dict` form where it has one
+    (EditRequest probes, read back by the config), containers item by item."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_json_form(v) for v in value)
+    own = getattr(value, "to_dict", None)
+    return own() if callable(own) else value
 
 
 @dataclass

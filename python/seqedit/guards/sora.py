@@ -53,12 +53,6 @@ class SoraConfig(GoraConfig, GuardConfig):
         if self.max_outliers < 1:
             raise ValueError(f"max_outliers must be an int >= 1, got {self.max_outliers!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if isinstance(self.probes, list):  # the manifest's JSON form, read back by __post_init__
-            out["probes"] = [p.to_dict() for p in self.probes]
-        return out
-
 
 class SoraGuard(GuardBase):
     name = "sora"
@@ -97,7 +91,8 @@ class SoraGuard(GuardBase):
             self._prepare(ctx)
         probes = self._gora.probes
         before = self._states(ctx, None)
-        flagged, d = self._gora.outliers(before, self._states(ctx, delta))
+        d = self._gora.change_scores(before, self._states(ctx, delta))
+        flagged = self._gora.outliers(d)
         chosen = flagged[:self.config.max_outliers]
         entry = {"outliers": [probes[i].case_id for i in chosen], "n_flagged": len(flagged),
                  "change_mean_proposed": float(d.mean())}
@@ -105,7 +100,7 @@ class SoraGuard(GuardBase):
             record(delta, self.name, entry | {"re_solved": False})
             return delta
         out = self._resolve(delta, [probes[i] for i in chosen], ctx)
-        _, after = self._gora.outliers(before, self._states(ctx, out))
+        after = self._gora.change_scores(before, self._states(ctx, out))
         entry |= {"re_solved": True, "change_mean_sora": float(after.mean()),
                   "outlier_change_proposed": float(d[chosen].mean()),
                   "outlier_change_sora": float(after[chosen].mean())}

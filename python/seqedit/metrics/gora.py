@@ -19,7 +19,7 @@ prompt's last token ("final").
   on a seeded random sample of the other probes, and their gap, "impact".
 - Outliers: dᵢ = ‖h¹ᵢ − h⁰ᵢ‖/‖h⁰ᵢ‖, flagged by z-score > z* (or top-q), listed in
   `EvalResult.info["outliers"]`. SORA flags its own, between the states before and after a
-  proposed edit (`probe_states`, `outliers(before, after)`).
+  proposed edit (`probe_states`, `change_scores`, `outliers`).
 
 Cost: `prepare` reads h⁰ (forwards stop after `layer`), builds G₀ and reads the N unedited
 answers; `evaluate` re-reads the N states and answers on the current model, plus the live edits'
@@ -267,7 +267,7 @@ class GoraEvaluator:
     def evaluate(self, model: torch.nn.Module, ctx: EvalContext) -> EvalResult:
         start = time.perf_counter()
         p, cfg = self._require(), self.config
-        h1 = self._states(model, ctx, p.probes)
+        h1 = self.probe_states(model, ctx)
         adj1 = g.knn_adjacency(h1, cfg.k)
         d = g.change_scores(p.h0, h1)
         n_nodes = len(p.probes)
@@ -310,9 +310,12 @@ class GoraEvaluator:
         without a proposed edit hooked in). The model is not changed."""
         return self._states(model, ctx, self._require().probes)
 
-    def outliers(self, before: torch.Tensor, after: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-        """(flagged, d): d = the probes' change scores from `before` to `after` (states as
-        `probe_states` returns them); flagged = the indices of the probes GORA's rule flags on
-        d, largest change first (all of them: max_outliers caps what a caller keeps)."""
-        d = g.change_scores(before, after)
-        return self._flagged(d)[0], d
+    @staticmethod
+    def change_scores(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """d = ‖after − before‖/‖before‖ per probe (states as `probe_states` returns them)."""
+        return g.change_scores(before, after)
+
+    def outliers(self, d: torch.Tensor) -> list[int]:
+        """The probes GORA's rule flags on change scores d, largest change first (all of them:
+        max_outliers caps what a caller keeps)."""
+        return self._flagged(d)[0]
