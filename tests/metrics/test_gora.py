@@ -13,7 +13,7 @@ from seqedit.editors import _text
 from seqedit.metrics import create
 from seqedit.metrics._gora_graph import pair_logprobs, read_states
 from seqedit.metrics.base import EvalContext
-from seqedit.metrics.gora import GoraEvaluator
+from seqedit.metrics.gora import GoraConfig, GoraEvaluator
 from test_scoring import reference_score
 
 N_PROBES, K = 60, 5
@@ -246,6 +246,15 @@ def test_answers_off_skips_reading_b_only(llama, probes):
 def test_bad_options_raise_naming_the_option(options, named):
     with pytest.raises(ValueError, match=named):
         GoraEvaluator(**options)
+
+
+def test_a_built_config_is_taken_as_is_and_not_mixed_with_options(probes):
+    config = GoraConfig(probes=probes[:12], k=3, site="final")
+    assert GoraEvaluator(config).config is config
+    with pytest.raises(TypeError, match="not both"):
+        GoraEvaluator(config, k=4)
+    with pytest.raises(TypeError, match="GoraConfig"):
+        GoraEvaluator({"k": 3})
 
 
 def test_bad_setup_raises_clearly(llama, probes):

@@ -22,7 +22,6 @@ lower layer's update); that first-order simplification is part of the reconstruc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +63,7 @@ class SoraGuard(GuardBase):
             raise
         except ValueError as err:
             raise GuardError(f"sora: {err}") from None
-        # shallow: asdict would turn EditRequest probes into dicts
-        self._gora = GoraEvaluator(**{f.name: getattr(self.config, f.name)
-                                      for f in dataclasses.fields(GoraConfig)})
+        self._gora = GoraEvaluator(self.config)
         self._prepared = False
 
     def bind(self, editor: Any, spec: Any) -> None:

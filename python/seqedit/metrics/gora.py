@@ -127,8 +127,11 @@ class GoraEvaluator:
 
     name = "gora"
 
-    def __init__(self, **options: Any):
-        self.config = configure(GoraConfig, options, self.name)
+    def __init__(self, config: GoraConfig | None = None, **options: Any):
+        """Options as keywords, or a config already built (SORA's, which extends GORA's)."""
+        if config is not None and (options or not isinstance(config, GoraConfig)):
+            raise TypeError("gora: pass either a GoraConfig or options, not both")
+        self.config = config if config is not None else configure(GoraConfig, options, self.name)
         self._prep: _Prepared | None = None
         self._targets0: dict[tuple[str, str], torch.Tensor] = {}
 
