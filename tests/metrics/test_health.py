@@ -5,7 +5,7 @@ import pytest
 import torch
 from seqedit import metrics
 from seqedit.metrics.base import EvalContext
-from seqedit.metrics.health import top_singular_warm
+from seqedit.metrics.health import top_singular_from
 from seqedit.models import spec as model_spec
 
 
@@ -72,21 +72,37 @@ def test_unedited_model_has_zero_delta_and_unit_ratios(llama):
     assert not any(m.name == "condition" for m in result.metrics)  # exact κ only after-all
 
 
-def test_warm_start_needs_fewer_iterations_after_a_small_change():
+def test_a_start_near_the_answer_needs_fewer_iterations_and_both_converge():
     gen = torch.Generator().manual_seed(0)
     u = torch.linalg.qr(torch.randn(300, 300, generator=gen, dtype=torch.float64))[0]
     v = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))[0]
     spectrum = torch.cat([torch.ones(1, dtype=torch.float64),
                           torch.linspace(0.9, 0.1, 199, dtype=torch.float64)])
     a = u[:, :200] @ torch.diag(spectrum) @ v.T
-    cold = torch.randn(200, 4, generator=gen, dtype=torch.float64)
-    sigma, block, iters_cold = top_singular_warm(a, cold, tol=1e-6, max_iter=2000)
-    assert sigma == pytest.approx(1.0, rel=1e-9)
     b = a + 1e-4 * torch.randn(300, 1, generator=gen, dtype=torch.float64) @ torch.randn(
         1, 200, generator=gen, dtype=torch.float64)
-    sigma_b, _, iters_warm = top_singular_warm(b, block, tol=1e-6, max_iter=2000)
-    assert sigma_b == pytest.approx(float(torch.linalg.svdvals(b)[0]), rel=1e-9)
-    assert iters_warm <= iters_cold / 2
+    cold = torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    sigma_cold, _, iters_cold = top_singular_from(b, cold, tol=1e-6, max_iter=2000)
+    sigma_near, _, iters_near = top_singular_from(b, v[:, :4], tol=1e-6, max_iter=2000)  # a's
+    want = float(torch.linalg.svdvals(b)[0])
+    assert sigma_cold == pytest.approx(want, rel=1e-9)
+    assert sigma_near == pytest.approx(want, rel=1e-9)
+    assert iters_near <= iters_cold / 2
+
+
+def test_a_value_depends_only_on_the_weights_it_measures(llama):
+    """A resumed run prepares a fresh evaluator: its measurement of the same weights must be the
+    same bits as that of an evaluator that has measured every step before."""
+    model, _ = llama
+    ev, ctx, names, _ = setup(model)
+    for seed in (1, 2, 3):
+        plant(model, names, 0.05, seed=seed)
+        seen = ev.after_edit(model, ctx, [])
+    fresh = metrics.create("health")
+    fresh.prepare(model, ctx)  # from the same base weights (ctx's), with no history
+    again = fresh.after_edit(model, ctx, [])
+    assert [(m.name, m.value, m.protocol) for m in again.metrics] == [
+        (m.name, m.value, m.protocol) for m in seen.metrics]
 
 
 def test_alarm_fires_when_the_accumulated_change_outgrows_the_base_and_can_stop(llama):
