@@ -79,6 +79,9 @@ CONFIGS = {
                                                  "nullspace_threshold": 2e-2,
                                                  "nas_anchor": "measured"}),
     "encore": ("encore", [], {}),
+    # Blocks that normalise the MLP output (Gemma-3): targets rescaled to the replaced output's
+    # norm, which such a block cannot tell apart from MEMIT's (editors/norm.py).
+    "memit+keep-norm": ("memit", [], {"keep_target_norm": True}),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "guards"
 

@@ -9,7 +9,7 @@ import torch
 from editor_helpers import FAST, Tiny, apply_delta
 
 from seqedit import editors
-from seqedit.editors import keys, values
+from seqedit.editors import _text, keys, values
 
 
 def test_normal_equations(any_tiny, requests_):
@@ -175,3 +175,72 @@ def test_mlp_out_targets_write_each_layer_its_own_residual(arch, requests_, requ
 def test_bad_targets_is_rejected(llama):
     with pytest.raises(ValueError, match="targets must be one of"):
         editors.create("memit", llama.spec, targets="residual")
+
+
+@pytest.fixture(scope="module")
+def gemma3_real_eps():
+    """Tiny Gemma-3 in the regime of the real one, where RMSNorm's ε (1e-6) is negligible: the
+    tiny model's MLP outputs have RMS ≈ 0.003 (mean square ≈ 9ε), Gemma-3-270M's ≈ 0.1–20."""
+    t = Tiny("gemma3")
+    for module in t.model.modules():
+        if isinstance(getattr(module, "eps", None), float):
+            module.eps = 1e-12
+    return t
+
+
+def test_a_block_that_normalises_its_mlp_output_ignores_its_scale(gemma3_real_eps):
+    """What keep_target_norm relies on: on Gemma-3 blocks, c·(MLP output) for any c > 0 gives
+    the same block output (to float32 rounding)."""
+    t = gemma3_real_eps
+    layer = t.spec.default_edit_layers()[0]
+    batch = _text.pad(_text.encode_rows(t.tokenizer, [_text.fill("{}", "{} quick brown fox", "The")]),
+                      _text.pad_id(t.tokenizer), "cpu")
+
+    def block_out(c):
+        hook = t.spec.mlp_out(t.model, layer).register_forward_hook(lambda m, a, out: out * c)
+        try:
+            return keys.read(t.model, t.spec, batch, blocks=(layer,))[("block", layer)]
+        finally:
+            hook.remove()
+
+    plain = block_out(1.0)
+    for c in (0.3, 3.7):
+        assert torch.allclose(block_out(c), plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
+
+
+def test_keep_target_norm_rescales_each_target_to_the_output_it_replaces(gemma3_real_eps, requests_):
+    """Each layer's target keeps the direction of MEMIT's T and takes ‖v₀‖: the lowest layer
+    writes exactly T·‖v₀‖/‖T‖ − v₀ (at most 2‖v₀‖, where plain MEMIT writes δ, here several
+    ‖v₀‖); the edit still moves toward its targets and ‖ΔW‖_F shrinks."""
+    t, reqs = gemma3_real_eps, requests_[:2]
+    ctx = t.ctx()
+    layers = sorted(t.spec.default_edit_layers())
+    big = dict(FAST, clamp_norm_factor=8.0, v_lr=2.0)  # δ well beyond ‖v₀‖, as on Gemma-3-270M
+    plain = editors.create("memit", t.spec, **big).compute(t.model, reqs, ctx)
+    ed = editors.create("memit", t.spec, keep_target_norm=True, **big)
+    kept = ed.compute(t.model, reqs, ctx)
+    assert kept.info["targets"] == "mlp_out" and kept.is_finite()
+    templates = keys.context_templates(t.model, t.tokenizer, ctx)
+    res = values.target_values(t.model, t.spec, t.tokenizer, reqs, templates, layer=tuple(layers),
+                               site="mlp_out", cfg=ed.config)
+    v, v0 = res.v_star.double(), res.v_init.double()  # [b, |L|, d]
+    assert (res.delta.norm(dim=-1) > 2 * res.v_init.norm(dim=-1)).any()
+    assert torch.allclose(torch.tensor(kept.info["kept_norm_before"]), v.norm(dim=-1).float(), rtol=1e-5)
+    scaled = v * (v0.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True))
+    lowest = kept.layers[0].u.double().T  # [b, d]
+    expect = scaled[:, 0] - v0[:, 0]
+    assert torch.allclose(lowest, expect, atol=1e-4 * float(expect.abs().max()))
+    assert (lowest.norm(dim=1) <= 2 * v0[:, 0].norm(dim=1) * (1 + 1e-5)).all()
+    assert all(0 <= g < 1 for g in kept.info["target_gap"])
+    fro = [sum(float(ld.dense().double().norm()) ** 2 for ld in d.layers) for d in (kept, plain)]
+    assert fro[0] < fro[1]
+
+
+def test_keep_target_norm_is_refused_where_it_would_change_the_edit(llama, requests_):
+    with pytest.raises(ValueError, match="keep_target_norm needs 'mlp_out'"):
+        editors.create("memit", llama.spec, targets="block", keep_target_norm=True)
+    with pytest.raises(ValueError, match="choose one"):
+        editors.create("alphaedit", llama.spec, keep_target_norm=True, nas_anchor=(1.0,))
+    auto = editors.create("memit", llama.spec, keep_target_norm=True, **FAST)
+    with pytest.raises(ValueError, match="add the MLP output to the residual"):
+        auto.compute(llama.model, requests_[:1], llama.ctx())

@@ -190,12 +190,14 @@ def test_defaults_leave_the_editors_as_they_were(llama, requests_):
     deltas are bit-identical to the code before these fields was checked once against HEAD."""
     for name in ("memit", "alphaedit"):
         cfg = editors.create(name, llama.spec, **FAST).config
-        assert (cfg.update_norm_weight, cfg.nas_anchor, cfg.argmax_patience) == (0.0, (), 1)
+        assert (cfg.update_norm_weight, cfg.nas_anchor, cfg.argmax_patience, cfg.keep_target_norm) == (
+            0.0, (), 1, False)
         a = editors.create(name, llama.spec, **FAST).compute(llama.model, requests_[:1], llama.ctx())
         b = editors.create(name, llama.spec, update_norm_weight=0.0, nas_anchor=[], argmax_patience=1,
+                           keep_target_norm=False,
                            **FAST).compute(llama.model, requests_[:1], llama.ctx())
         assert all(torch.equal(x.u, y.u) and torch.equal(x.v, y.v) for x, y in zip(a.layers, b.layers))
         assert a.info == b.info and "nas_anchor" not in a.info and "update_norm_weight" not in a.info
         old = {k: v for k, v in config_dict(cfg).items()
-               if k not in ("update_norm_weight", "nas_anchor", "argmax_patience")}
+               if k not in ("update_norm_weight", "nas_anchor", "argmax_patience", "keep_target_norm")}
         check_same_editor("ledger", {"method": name, "config": old, "seqedit_version": __version__}, name, cfg)

@@ -59,15 +59,18 @@ class LayerBandConfig(ValueConfig):
     "mlp_out" (blocks that normalise the MLP output first, like Gemma-2/3's, distort a
     residual-space target beyond what the least-squares write can follow).
 
-    Norm control (norm.py, both off by default): update_norm_weight — ENCORE's μ‖ΔW‖²_F added to
+    Norm control (norm.py, all off by default): update_norm_weight — ENCORE's μ‖ΔW‖²_F added to
     the least-squares objective; nas_anchor — NAS's reference norms, one per target site (one for
-    "block", one per edited layer for "mlp_out"; empty: off), measured by norm.measure_anchor.
+    "block", one per edited layer for "mlp_out"; empty: off), measured by norm.measure_anchor;
+    keep_target_norm — "mlp_out" targets only: each rescaled to the norm of the output it
+    replaces, which a block that normalises its MLP output cannot tell apart (our addition).
     """
 
     layers: tuple[int, ...] = (0,)
     targets: str = "auto"
     update_norm_weight: float = 0.0
     nas_anchor: tuple[float, ...] = ()
+    keep_target_norm: bool = False
 
     def _problems(self, spec):
         yield from super()._problems(spec)
@@ -80,6 +83,10 @@ class LayerBandConfig(ValueConfig):
             yield f"update_norm_weight must be >= 0, got {self.update_norm_weight}"
         if not all(a > 0 for a in self.nas_anchor):
             yield f"nas_anchor norms must be > 0, got {list(self.nas_anchor)}"
+        if self.keep_target_norm and self.targets == "block":
+            yield "keep_target_norm needs 'mlp_out' targets (or 'auto'), got targets 'block'"
+        if self.keep_target_norm and self.nas_anchor:
+            yield "keep_target_norm and nas_anchor both set a target's norm: choose one"
         if len(self.nas_anchor) not in (0, 1, len(self.layers)):
             yield (f"nas_anchor needs one norm per target site (1 for 'block' targets, "
                    f"{len(self.layers)} for 'mlp_out'), got {len(self.nas_anchor)}")
@@ -142,8 +149,8 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     "block" targets do on blocks that normalise the MLP output). Such an edit may still flip the
     prediction, by wrecking the hidden state; it is logged.
 
-    With `cfg.nas_anchor` the targets are NAS-rescaled before any layer writes (norm.py), and
-    the gap is measured against those targets.
+    With `cfg.nas_anchor` (or `cfg.keep_target_norm`) the targets are rescaled before any layer
+    writes (norm.py), and the gap is measured against those targets.
     """
     spec, tok = ctx.spec, ctx.tokenizer
     layers = sorted(cfg.layers)
@@ -163,6 +170,12 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     moved, nas_info = res.delta.double(), {}
     if cfg.nas_anchor:
         z, moved, nas_info = _norm.nas_targets(model, ctx, requests, res, layers, mode, cfg.nas_anchor)
+    if cfg.keep_target_norm:
+        if mode != "mlp_out":
+            raise ValueError("keep_target_norm: these blocks add the MLP output to the residual "
+                             "unchanged, so a target's norm matters; use it only where 'auto' "
+                             "picks 'mlp_out' targets (blocks that normalise the MLP output)")
+        z, moved, nas_info = _norm.norm_kept_targets(res, len(requests), len(layers))
 
     def current(found) -> torch.Tensor:  # the bare-prompt states z targets, [b, 1 or |L|, d]
         names = [("bare_block", layers[-1])] if mode == "block" else [("bare_mlp_out", x) for x in layers]

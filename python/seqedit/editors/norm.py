@@ -1,5 +1,6 @@
 """Norm control for MEMIT and AlphaEdit: two post-seed methods, both off by default and each
-usable with either editor (fields of `LayerBandConfig`).
+usable with either editor (fields of `LayerBandConfig`), and `keep_target_norm`, our own rule for
+"mlp_out" targets (`norm_kept_targets`).
 
 **ENCORE's norm constraint** (`update_norm_weight` = μ). Gupta et al., "Lifelong Sequential
 Knowledge Editing without Model Degradation" (arXiv 2502.01636; its abstract: an "explicit
@@ -93,6 +94,23 @@ def nas_targets(model, ctx, requests, res, layers, mode: str, anchors):
     info = {"nas_anchor": list(anchors), "nas_norm_before": v.norm(dim=-1).tolist(),
             "nas_dropped": dropped.tolist()}
     return z, scaled - v0, info
+
+
+def norm_kept_targets(res, b: int, n_layers: int):
+    """"mlp_out" targets rescaled to the norm of the output they replace, for blocks that
+    normalise the MLP output before the residual add (Gemma-2/3). Such a block maps c·T and T to
+    the same residual for any c > 0, so the value optimisation leaves a target's norm free and
+    its δ runs to the clamp (‖δ‖ = clamp_norm_factor·‖v₀‖ on every Gemma-3 edit measured); each
+    edit then writes residuals several times the output's norm, and the next edit's v₀, hence its
+    clamp, grows with them. T·‖v₀‖/‖T‖ has the same effect on the bare prompt with a residual of
+    at most 2‖v₀‖. Returns (targets [b, sites, d], their displacement from v₀, info)."""
+    v = res.v_star.double().reshape(b, n_layers, -1)
+    v0 = v - res.delta.double().reshape(b, n_layers, -1)
+    norm = v.norm(dim=-1, keepdim=True)
+    if not bool((norm > 0).all()):
+        raise SolveError("keep_target_norm: a solved target is zero, so it has no direction to rescale")
+    kept = v * (v0.norm(dim=-1, keepdim=True) / norm)
+    return kept, kept - v0, {"kept_norm_before": norm[..., 0].tolist()}
 
 
 def measure_anchor(model, requests, ctx, cfg, *, batch_size: int = 16) -> tuple[float, ...]:
