@@ -236,11 +236,16 @@ def test_keep_target_norm_rescales_each_target_to_the_output_it_replaces(gemma3_
     assert fro[0] < fro[1]
 
 
-def test_keep_target_norm_is_refused_where_it_would_change_the_edit(llama, requests_):
+def test_keep_target_norm_is_refused_where_it_would_change_the_edit(llama, requests_, monkeypatch):
     with pytest.raises(ValueError, match="keep_target_norm needs 'mlp_out'"):
         editors.create("memit", llama.spec, targets="block", keep_target_norm=True)
     with pytest.raises(ValueError, match="choose one"):
         editors.create("alphaedit", llama.spec, keep_target_norm=True, nas_anchor=(1.0,))
     auto = editors.create("memit", llama.spec, keep_target_norm=True, **FAST)
+
+    def optimised(*args, **kwargs):
+        raise AssertionError("the value optimisation ran before the refusal")
+
+    monkeypatch.setattr(values, "target_values", optimised)
     with pytest.raises(ValueError, match="add the MLP output to the residual"):
         auto.compute(llama.model, requests_[:1], llama.ctx())

@@ -155,6 +155,10 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     spec, tok = ctx.spec, ctx.tokenizer
     layers = sorted(cfg.layers)
     mode = resolve_targets(model, ctx, cfg)
+    if cfg.keep_target_norm and mode != "mlp_out":  # refused before the value optimisation
+        raise ValueError("keep_target_norm: these blocks add the MLP output to the residual "
+                         "unchanged, so a target's norm matters; use it only where 'auto' "
+                         "picks 'mlp_out' targets (blocks that normalise the MLP output)")
     templates = _keys.context_templates(model, tok, ctx, starts=cfg.context_template_starts,
                                         length=cfg.context_template_length)
     if mode == "block":
@@ -167,15 +171,11 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
         z = res.v_star.double().reshape(len(requests), len(layers), -1)  # [b, |L|, d]
         reads = {"mlp_outs": layers}
 
-    moved, nas_info = res.delta.double(), {}
+    moved, rescaled = res.delta.double(), {}
     if cfg.nas_anchor:
-        z, moved, nas_info = _norm.nas_targets(model, ctx, requests, res, layers, mode, cfg.nas_anchor)
+        z, moved, rescaled = _norm.nas_targets(model, ctx, requests, res, layers, mode, cfg.nas_anchor)
     if cfg.keep_target_norm:
-        if mode != "mlp_out":
-            raise ValueError("keep_target_norm: these blocks add the MLP output to the residual "
-                             "unchanged, so a target's norm matters; use it only where 'auto' "
-                             "picks 'mlp_out' targets (blocks that normalise the MLP output)")
-        z, moved, nas_info = _norm.norm_kept_targets(res, len(requests), len(layers))
+        z, moved, rescaled = _norm.norm_kept_targets(res, len(requests), len(layers))
 
     def current(found) -> torch.Tensor:  # the bare-prompt states z targets, [b, 1 or |L|, d]
         names = [("bare_block", layers[-1])] if mode == "block" else [("bare_mlp_out", x) for x in layers]
@@ -214,7 +214,7 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     if any(g > 1 for g in gap):
         log.warning("%s: the update moved the edited layers away from their targets (gap ratio %s)",
                     cfg.__class__.__name__, ", ".join(f"{g:.2f}" for g in gap))
-    return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap, "targets": mode} | nas_info
+    return deltas, used_keys, _values.value_info(res, layers) | {"target_gap": gap, "targets": mode} | rescaled
 
 
 def cholesky_solve(a: torch.Tensor, b: torch.Tensor, what: str, hint: str = "") -> torch.Tensor:

@@ -102,8 +102,9 @@ def norm_kept_targets(res, b: int, n_layers: int):
     the same residual for any c > 0, so the value optimisation leaves a target's norm free and
     its δ runs to the clamp (‖δ‖ = clamp_norm_factor·‖v₀‖: 49 of 50 layer targets of the first 10
     Gemma-3-270M edits); each edit then writes residuals several times the output's norm, and
-    the next edit's v₀, hence its clamp, grows with them. T·‖v₀‖/‖T‖ has the same effect on the bare prompt with a residual of
-    at most 2‖v₀‖. Returns (targets [b, sites, d], their displacement from v₀, info)."""
+    the next edit's v₀, hence its clamp, grows with them. T·‖v₀‖/‖T‖ has the same effect on the
+    bare prompt with a residual of at most 2‖v₀‖ (v₀: the site's output in the optimised forward,
+    the lower sites' δ added). Returns (targets [b, sites, d], their displacement from v₀, info)."""
     v = res.v_star.double().reshape(b, n_layers, -1)
     v0 = v - res.delta.double().reshape(b, n_layers, -1)
     norm = v.norm(dim=-1, keepdim=True)
