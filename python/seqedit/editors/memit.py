@@ -175,7 +175,7 @@ def layer_loop(model, requests, ctx: EditContext, cfg: LayerBandConfig, solve):
     if cfg.nas_anchor:
         z, moved, rescaled = _norm.nas_targets(model, ctx, requests, res, layers, mode, cfg.nas_anchor)
     if cfg.keep_target_norm:
-        z, moved, rescaled = _norm.norm_kept_targets(res, len(requests), len(layers))
+        z, moved, rescaled = _norm.norm_kept_targets(model, ctx, requests, res, layers)
 
     def current(found) -> torch.Tensor:  # the bare-prompt states z targets, [b, 1 or |L|, d]
         names = [("bare_block", layers[-1])] if mode == "block" else [("bare_mlp_out", x) for x in layers]

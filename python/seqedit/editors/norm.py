@@ -96,7 +96,7 @@ def nas_targets(model, ctx, requests, res, layers, mode: str, anchors):
     return z, scaled - v0, info
 
 
-def norm_kept_targets(res, b: int, n_layers: int):
+def norm_kept_targets(model, ctx, requests, res, layers):
     """"mlp_out" targets rescaled to the norm of the output they replace, for blocks that
     normalise the MLP output before the residual add (Gemma-2/3). Such a block maps c·T and T to
     the same residual for any c > 0, so the value optimisation leaves a target's norm free and
@@ -105,8 +105,7 @@ def norm_kept_targets(res, b: int, n_layers: int):
     the next edit's v₀, hence its clamp, grows with them. T·‖v₀‖/‖T‖ has the same effect on the
     bare prompt with a residual of at most 2‖v₀‖ (v₀: the site's output in the optimised forward,
     the lower sites' δ added). Returns (targets [b, sites, d], their displacement from v₀, info)."""
-    v = res.v_star.double().reshape(b, n_layers, -1)
-    v0 = v - res.delta.double().reshape(b, n_layers, -1)
+    v, v0 = solved_values(model, ctx, requests, res, layers, "mlp_out")
     norm = v.norm(dim=-1, keepdim=True)
     if not bool((norm > 0).all()):
         raise SolveError("keep_target_norm: a solved target is zero, so it has no direction to rescale")
