@@ -17,12 +17,12 @@ leaves the weights bit-identical to MEMIT's until a singular value of ΔW reache
 computes MEMIT itself from the first step where they differ (or that the memit run has not
 made).
 
-Evaluators, every 100 edits (and at 0): editing metrics (efficacy right after each edit from
-the session's probe, P(new) > P(true) on the rewrite prompt; retention of a seeded sample of at
-most 200 live edits after all, binary, token-level and generation-based; generalisation;
-specificity), weight health (mean |W|, σ_max(ΔW)/σ_max(W₀), condition number; after each step
-too) and the quick general probe (WikiText-2 perplexity over 4 articles, SST-2,
-CommonsenseQA-cloze; 200 documents each).
+Evaluators, every 100 edits (and at 0; "memit-early": every 20): editing metrics (efficacy
+right after each edit from the session's probe, P(new) > P(true) on the rewrite prompt;
+retention of a seeded sample of at most 200 live edits after all, binary, token-level and
+generation-based; generalisation; specificity), weight health (mean |W|, σ_max(ΔW)/σ_max(W₀),
+condition number; after each step too) and the quick general probe (WikiText-2 perplexity over
+4 articles, SST-2, CommonsenseQA-cloze; 200 documents each).
 Seconds per edit are the session's compute + guard + write + apply + commit time per request
 (probes and evaluations excluded).
 
@@ -82,7 +82,13 @@ CONFIGS = {
     # Blocks that normalise the MLP output (Gemma-3): targets rescaled to the replaced output's
     # norm, which such a block cannot tell apart from MEMIT's (editors/norm.py).
     "memit+keep-norm": ("memit", [], {"keep_target_norm": True}),
+    # How early the damage starts: the memit run's deltas replayed (run with --edits 100),
+    # evaluated every 20 edits instead of every 100.
+    "memit-early": ("memit", [], {"recorded": "memit", "as_far_as_recorded": True,
+                                  "eval_every_edits": 20}),
 }
+# options of this script, not of the session
+RUN_OPTIONS = ("recorded", "as_far_as_recorded", "eval_every_edits")
 RESULTS = Path(__file__).resolve().parent / "results" / "guards"
 
 
@@ -181,12 +187,12 @@ class RecordedMemit(MemitEditor):
 
 
 def open_session(directory: Path, model_name: str, model, tok, config: str, batch: int) -> EditSession:
-    every = max(1, EVAL_EVERY_EDITS // batch)
     method, guards, options = CONFIGS[config]
+    every = max(1, options.get("eval_every_edits", EVAL_EVERY_EDITS) // batch)
     if "recorded" in options:
         method = RecordedMemit(editors.create("memit", model_spec(model)).config,
                                directory.parent / options["recorded"])
-        options = {k: v for k, v in options.items() if k not in ("recorded", "as_far_as_recorded")}
+    options = {k: v for k, v in options.items() if k not in RUN_OPTIONS}
     if (directory / MANIFEST).exists():
         print(f"resuming {directory}", flush=True)
         return EditSession.resume(directory, model, tok, evaluators=evaluators(), eval_every=every,
