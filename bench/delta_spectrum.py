@@ -1,0 +1,68 @@
+"""The whole spectrum of each accumulated ΔW of a recorded run, against σ̄ = σ_max(W₀).
+
+    python bench/delta_spectrum.py RUN_DIR [RUN_DIR ...] [--model smollm2-135m] [--every 200]
+
+σ_max(ΔW)/σ_max(W₀), what weight health reports and PRUNE caps, is one number of the spectrum.
+This reads the live edits of each session in RUN_DIR (any seqedit ledger, e.g. a
+`bench/guards.py` run; read-only, safe while it is written) in order, accumulates their deltas as
+applied (guards' changes included) and, after every `--every` live edit requests, prints per
+edited weight: σ₁/σ̄, how many singular values reach 0.9 / 0.5 / 0.25 σ̄, ‖ΔW‖_F/σ̄ and the rank
+of ΔW. Exact: the singular values come from the factors (`AccumulatedDelta.top_singular`, float64),
+σ̄ from a float64 SVD of the unedited matrix. One thread.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from seqedit import models
+from seqedit.editors.accumulated import AccumulatedDelta
+from seqedit.session.ledger import read_delta
+from seqedit.session.reader import read_run
+
+LEVELS = (0.9, 0.5, 0.25)
+
+
+def sigma_bars(model, names) -> dict[str, float]:
+    return {n: float(torch.linalg.matrix_norm(model.get_parameter(n).detach().double(), ord=2))
+            for n in names}
+
+
+def report(run_dir: str, model, every: int) -> None:
+    run = read_run(run_dir)
+    live = set(run.live_edit_ids)
+    acc, bars, done = AccumulatedDelta(), {}, 0
+    print(f"{run_dir}")
+    print("| live edits | weight | σ₁/σ̄ | " + " | ".join(f"# ≥ {x}σ̄" for x in LEVELS)
+          + " | ‖ΔW‖_F/σ̄ | rank |")
+    print("|---:|---|---:|" + "---:|" * len(LEVELS) + "---:|---:|")
+    for record in run.edits:
+        if record["edit_id"] not in live:
+            continue
+        acc.add(read_delta(run_dir, record["delta"], record["method"]))
+        before, done = done, done + len(record["requests"])
+        if done // every == before // every:
+            continue
+        bars.update(sigma_bars(model, [n for n in acc.names if n not in bars]))
+        for name in acc.names:
+            s, bar = acc.top_singular(name)[0], bars[name]
+            counts = " | ".join(str(int((s >= x * bar).sum())) for x in LEVELS)
+            print(f"| {done} | {name} | {float(s[0]) / bar:.3f} | {counts} | "
+                  f"{float(s.norm()) / bar:.2f} | {len(s)} |")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="session directories (manifest.json, ledger.jsonl, deltas/)")
+    ap.add_argument("--model", default="smollm2-135m", help="the packaged model the runs edited")
+    ap.add_argument("--every", type=int, default=200, help="print after every n live edit requests")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    model, _ = models.load(args.model)
+    for run_dir in args.runs:
+        report(run_dir, model, args.every)
+
+
+if __name__ == "__main__":
+    main()
