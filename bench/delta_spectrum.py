@@ -7,8 +7,11 @@ This reads the live edits of each session in RUN_DIR (any seqedit ledger, e.g. a
 `bench/guards.py` run; read-only, safe while it is written) in order, accumulates their deltas as
 applied (guards' changes included) and, after every `--every` live edit requests, prints per
 edited weight: σ₁/σ̄, how many singular values reach 0.9 / 0.5 / 0.25 σ̄, ‖ΔW‖_F/σ̄ and the rank
-of ΔW. Exact: the singular values come from the factors (`AccumulatedDelta.top_singular`, float64),
-σ̄ from a float64 SVD of the unedited matrix. One thread.
+of ΔW; and ‖ΔW C^½‖_F/‖W₀ C^½‖_F with C = E[kkᵀ] the layer's key statistics (the editors' own,
+from the stats cache): the RMS change of the layer's output on the keys of general text relative
+to the output itself — the spectrum weighted by how much text uses each direction. Exact: the
+singular values come from the factors (`AccumulatedDelta.top_singular`, float64), σ̄ from a
+float64 SVD of the unedited matrix. One thread.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from seqedit import models
 from seqedit.editors.accumulated import AccumulatedDelta
 from seqedit.session.ledger import read_delta
 from seqedit.session.reader import read_run
+from seqedit.stats import second_moments
 
 LEVELS = (0.9, 0.5, 0.25)
 
@@ -29,14 +33,22 @@ def sigma_bars(model, names) -> dict[str, float]:
             for n in names}
 
 
-def report(run_dir: str, model, every: int) -> None:
+def keys_weighted(delta: torch.Tensor, w0: torch.Tensor, c: torch.Tensor) -> float:
+    """‖ΔW C^½‖_F / ‖W₀ C^½‖_F = sqrt(tr(ΔW C ΔWᵀ) / tr(W₀ C W₀ᵀ)); matrices [d_out, d_in]."""
+    return float(((delta @ c) * delta).sum() / ((w0 @ c) * w0).sum()) ** 0.5
+
+
+def report(run_dir: str, model, tokenizer, every: int) -> None:
     run = read_run(run_dir)
     live = set(run.live_edit_ids)
     acc, bars, done = AccumulatedDelta(), {}, 0
     print(f"{run_dir}")
+    spec = models.spec(model)
+    layer_of = {spec.mlp_out_weight_name(i): i for i in range(spec.num_layers)}
+    transposed = bool(spec.mlp_out_transposed)
     print("| live edits | weight | σ₁/σ̄ | " + " | ".join(f"# ≥ {x}σ̄" for x in LEVELS)
-          + " | ‖ΔW‖_F/σ̄ | rank |")
-    print("|---:|---|---:|" + "---:|" * len(LEVELS) + "---:|---:|")
+          + " | ‖ΔW‖_F/σ̄ | rank | ‖ΔW C^½‖/‖W₀ C^½‖ |")
+    print("|---:|---|---:|" + "---:|" * len(LEVELS) + "---:|---:|---:|")
     for record in run.edits:
         if record["edit_id"] not in live:
             continue
@@ -45,11 +57,16 @@ def report(run_dir: str, model, every: int) -> None:
         if done // every == before // every:
             continue
         bars.update(sigma_bars(model, [n for n in acc.names if n not in bars]))
+        moments = second_moments(model, tokenizer, sorted(layer_of[n] for n in acc.names),
+                                 progress=False)
         for name in acc.names:
             s, bar = acc.top_singular(name)[0], bars[name]
             counts = " | ".join(str(int((s >= x * bar).sum())) for x in LEVELS)
+            w0 = model.get_parameter(name).detach().double()
+            w0 = w0.T if transposed else w0  # ΔW's factors are [d_out, ·], [d_in, ·] either way
+            weighted = keys_weighted(acc.dense(name), w0, moments[layer_of[name]][0])
             print(f"| {done} | {name} | {float(s[0]) / bar:.3f} | {counts} | "
-                  f"{float(s.norm()) / bar:.2f} | {len(s)} |")
+                  f"{float(s.norm()) / bar:.2f} | {len(s)} | {weighted:.3f} |")
 
 
 def main(argv=None) -> None:
@@ -59,9 +76,9 @@ def main(argv=None) -> None:
     ap.add_argument("--every", type=int, default=200, help="print after every n live edit requests")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    model, _ = models.load(args.model)
+    model, tokenizer = models.load(args.model)
     for run_dir in args.runs:
-        report(run_dir, model, args.every)
+        report(run_dir, model, tokenizer, args.every)
 
 
 if __name__ == "__main__":
