@@ -28,11 +28,6 @@ from seqedit.stats import second_moments
 LEVELS = (0.9, 0.5, 0.25)
 
 
-def sigma_bars(model, names) -> dict[str, float]:
-    return {n: float(torch.linalg.matrix_norm(model.get_parameter(n).detach().double(), ord=2))
-            for n in names}
-
-
 def keys_weighted(delta: torch.Tensor, w0: torch.Tensor, c: torch.Tensor) -> float:
     """‖ΔW C^½‖_F / ‖W₀ C^½‖_F = sqrt(tr(ΔW C ΔWᵀ) / tr(W₀ C W₀ᵀ)); matrices [d_out, d_in]."""
     return float(((delta @ c) * delta).sum() / ((w0 @ c) * w0).sum()) ** 0.5
@@ -41,11 +36,11 @@ def keys_weighted(delta: torch.Tensor, w0: torch.Tensor, c: torch.Tensor) -> flo
 def report(run_dir: str, model, tokenizer, every: int) -> None:
     run = read_run(run_dir)
     live = set(run.live_edit_ids)
-    acc, bars, done = AccumulatedDelta(), {}, 0
+    acc, done = AccumulatedDelta(), 0
+    base: dict[str, tuple[float, torch.Tensor, torch.Tensor]] = {}  # weight → (σ̄, W₀ [d_out, d_in], C)
     print(f"{run_dir}")
     spec = models.spec(model)
     layer_of = {spec.mlp_out_weight_name(i): i for i in range(spec.num_layers)}
-    transposed = bool(spec.mlp_out_transposed)
     print("| live edits | weight | σ₁/σ̄ | " + " | ".join(f"# ≥ {x}σ̄" for x in LEVELS)
           + " | ‖ΔW‖_F/σ̄ | rank | ‖ΔW C^½‖/‖W₀ C^½‖ |")
     print("|---:|---|---:|" + "---:|" * len(LEVELS) + "---:|---:|---:|")
@@ -56,15 +51,20 @@ def report(run_dir: str, model, tokenizer, every: int) -> None:
         before, done = done, done + len(record["requests"])
         if done // every == before // every:
             continue
-        bars.update(sigma_bars(model, [n for n in acc.names if n not in bars]))
-        moments = second_moments(model, tokenizer, sorted(layer_of[n] for n in acc.names),
-                                 progress=False)
+        missing = [n for n in acc.names if n not in base]
+        if missing:
+            moments = second_moments(model, tokenizer, sorted(layer_of[n] for n in missing),
+                                     progress=False)
+            for name in missing:
+                w0 = model.get_parameter(name).detach().double()
+                w0 = w0.T if spec.mlp_out_transposed else w0  # ΔW's factors are [d_out, ·], [d_in, ·]
+                base[name] = (float(torch.linalg.matrix_norm(w0, ord=2)), w0,
+                              moments[layer_of[name]][0])
         for name in acc.names:
-            s, bar = acc.top_singular(name)[0], bars[name]
+            bar, w0, c = base[name]
+            s = acc.top_singular(name)[0]
             counts = " | ".join(str(int((s >= x * bar).sum())) for x in LEVELS)
-            w0 = model.get_parameter(name).detach().double()
-            w0 = w0.T if transposed else w0  # ΔW's factors are [d_out, ·], [d_in, ·] either way
-            weighted = keys_weighted(acc.dense(name), w0, moments[layer_of[name]][0])
+            weighted = keys_weighted(acc.dense(name), w0, c)
             print(f"| {done} | {name} | {float(s[0]) / bar:.3f} | {counts} | "
                   f"{float(s.norm()) / bar:.2f} | {len(s)} | {weighted:.3f} |")
 
